@@ -1,0 +1,540 @@
+"""The ``Nexus`` platform: registry, the single execution path, health, servers.
+
+Example::
+
+    from nexus_lab import Nexus, AIAssistant, deploy_multi_channel
+
+    app = Nexus(auto_discovery=False)
+    channels = deploy_multi_channel(AIAssistant(), app, "assistant")
+    app.invoke("assistant", {"query": "What is AI?"})
+    # {'response': '[mock:mock-model] You said: What is AI?'}
+
+    with app.running():                 # API + MCP on free ports, in the background
+        print(app.api_url, app.mcp_url)
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+import uuid
+import warnings
+from collections import OrderedDict
+from typing import TYPE_CHECKING, Any, Iterator
+
+from ..errors import (
+    AgentExecutionError,
+    ConfigError,
+    DeploymentExists,
+    DeploymentNotFound,
+    NexusError,
+    SessionNotFound,
+)
+from .deployment import (
+    CHANNELS,
+    Compiled,
+    Deployment,
+    Execution,
+    normalize_outputs,
+    session_update,
+    validate_name,
+)
+from .security import ApiKeyAuth, TokenBucketLimiter, validate_rate_limit
+
+if TYPE_CHECKING:
+    from ..metrics import PerformanceMetrics
+    from ..sessions import NexusSessionManager
+
+__all__ = ["Nexus"]
+
+logger = logging.getLogger("nexus_lab")
+
+#: Entry-point group scanned by ``auto_discovery=True``.
+DISCOVERY_GROUP = "nexus_lab.deployments"
+
+
+def _check_port(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
+        raise ConfigError(f"{name} must be an integer between 0 and 65535 (0 picks a free port), got {value!r}", field=name)
+    return value
+
+
+class Nexus:
+    """One platform serving deployments on the HTTP API, the CLI and MCP.
+
+    Every channel runs a deployment through :meth:`execute`, so validation,
+    sessions, auth, rate limits and metrics behave the same everywhere.
+
+    Args:
+        auto_discovery: load deployments from installed ``nexus_lab.deployments``
+            entry points (never by executing files in the working directory).
+        api_port, mcp_port: TCP ports; ``0`` picks a free one (see :attr:`api_url`).
+        host: bind address, loopback by default.
+        enable_auth: require an API key on the API and on MCP over HTTP.
+        enable_monitoring: record every call in :attr:`metrics` and serve ``/metrics``.
+        rate_limit: requests per minute per principal, or None.
+        api_keys: ``{"key": "user-id"}``; defaults to ``$NEXUS_API_KEYS``.
+        session_manager: the sessions used by ``session_id`` on every channel
+            (an in-memory manager is created on first use when omitted).
+        max_body_bytes: largest accepted request body on the API.
+        deploy_cache_size: entries kept by this app's deployment cache.
+    """
+
+    def __init__(
+        self,
+        auto_discovery: bool = False,
+        api_port: int = 8000,
+        mcp_port: int = 3001,
+        host: str = "127.0.0.1",
+        enable_auth: bool = False,
+        enable_monitoring: bool = False,
+        rate_limit: int | None = None,
+        api_keys: dict[str, str] | None = None,
+        session_manager: NexusSessionManager | None = None,
+        *,
+        max_body_bytes: int = 1024 * 1024,
+        deploy_cache_size: int = 128,
+        title: str = "nexus_lab",
+    ) -> None:
+        self.api_port = _check_port("api_port", api_port)
+        self.mcp_port = _check_port("mcp_port", mcp_port)
+        if not isinstance(host, str) or not host:
+            raise ConfigError(f"host must be a non-empty string, got {host!r}", field="host")
+        self.host = host
+        self.enable_auth = bool(enable_auth)
+        self.enable_monitoring = bool(enable_monitoring)
+        self.rate_limit = validate_rate_limit(rate_limit)
+        if not isinstance(max_body_bytes, int) or isinstance(max_body_bytes, bool) or max_body_bytes <= 0:
+            raise ConfigError("max_body_bytes must be a positive integer", field="max_body_bytes")
+        self.max_body_bytes = max_body_bytes
+        self.title = title
+        self.auth: ApiKeyAuth | None = ApiKeyAuth.from_config(api_keys) if self.enable_auth else None
+        if api_keys is not None and not self.enable_auth:
+            ApiKeyAuth.from_config(api_keys)  # still validate what was given
+        self.rate_limiter = TokenBucketLimiter(self.rate_limit) if self.rate_limit else None
+        self._session_manager = session_manager
+        self._owns_session_manager = False
+        self._metrics: PerformanceMetrics | None = None
+        self._deployments: dict[str, Deployment] = {}
+        self._lock = threading.RLock()
+        self._cache: OrderedDict[tuple, Compiled] = OrderedDict()
+        self._cache_size = max(0, int(deploy_cache_size))
+        self._cache_hits = 0
+        self._cache_misses = 0
+        self._servers: Any = None  # nexus_lab.platform.server.ServerGroup when started
+        self._channel_state = {c: "registered" for c in CHANNELS}
+        self._channel_error: dict[str, str] = {}
+        self.started_at = time.time()
+        self.auto_discovery = bool(auto_discovery)
+        if self.auto_discovery:
+            self._discover()
+
+    # ------------------------------------------------------------------
+    # registry
+    # ------------------------------------------------------------------
+    def register(self, name: str, agent_or_function: Any) -> Deployment:
+        """Register an agent (an object with ``process``) or a typed function under ``name``.
+
+        A name already taken raises :class:`DeploymentExists`; the ``deploy_*``
+        functions replace on purpose.
+        """
+        validate_name(name)
+        with self._lock:
+            if name in self._deployments:
+                raise DeploymentExists(
+                    f"a deployment named {name!r} already exists; unregister it first or use "
+                    "deploy_multi_channel(...) to replace it"
+                )
+            return self._deploy(name, agent_or_function, channels=CHANNELS)
+
+    def unregister(self, name: str) -> None:
+        with self._lock:
+            if self._deployments.pop(name, None) is None:
+                raise DeploymentNotFound(f"no deployment named {name!r}")
+
+    def _deploy(
+        self,
+        name: str,
+        target: Any,
+        *,
+        channels: tuple[str, ...] | set[str],
+        use_cache: bool = True,
+        session_manager: Any = None,
+        replace: bool = False,
+        merge_channels: bool = False,
+    ) -> Deployment:
+        """Compile (or fetch from this app's cache) and register a deployment."""
+        if target is None:
+            raise ValueError("Agent cannot be None: pass an agent with process() or a typed function")
+        validate_name(name)
+        key = _cache_key(name, target) if use_cache and self._cache_size else None
+        compiled = None
+        with self._lock:
+            if key is not None:
+                compiled = self._cache.get(key)
+                if compiled is not None:
+                    self._cache.move_to_end(key)
+                    self._cache_hits += 1
+        if compiled is None:
+            compiled = Compiled.build(target)
+            with self._lock:
+                self._cache_misses += 1
+                if key is not None:
+                    self._cache[key] = compiled
+                    while len(self._cache) > self._cache_size:
+                        self._cache.popitem(last=False)
+        with self._lock:
+            old = self._deployments.get(name)
+            if old is not None and not replace:
+                raise DeploymentExists(f"a deployment named {name!r} already exists")
+            chans = set(channels)
+            manager = session_manager
+            if old is not None and merge_channels and old.target is target:
+                chans |= old.channels
+                manager = manager or old.session_manager
+            dep = Deployment(name=name, target=target, compiled=compiled, channels=chans, session_manager=manager)
+            self._deployments[name] = dep
+        return dep
+
+    def get_deployment(self, name: str, channel: str | None = None) -> Deployment:
+        """The deployment called ``name``; with ``channel``, only if exposed there."""
+        dep = self._deployments.get(name)
+        if dep is None or (channel is not None and channel not in dep.channels):
+            where = f" on channel {channel!r}" if channel and dep is not None else ""
+            known = ", ".join(sorted(self._deployments)) or "none"
+            raise DeploymentNotFound(f"no deployment named {name!r}{where} (deployed: {known})")
+        return dep
+
+    @property
+    def deployments(self) -> dict[str, Deployment]:
+        """A snapshot of the registry, by name."""
+        return dict(self._deployments)
+
+    def deploy_cache_info(self) -> dict[str, int]:
+        """Hits, misses and size of this app's deployment cache."""
+        return {"hits": self._cache_hits, "misses": self._cache_misses, "size": len(self._cache), "maxsize": self._cache_size}
+
+    def clear_deploy_cache(self) -> None:
+        with self._lock:
+            self._cache.clear()
+
+    # ------------------------------------------------------------------
+    # sessions and metrics
+    # ------------------------------------------------------------------
+    @property
+    def session_manager(self) -> NexusSessionManager:
+        """The platform's session manager (an in-memory one is created on first use)."""
+        if self._session_manager is None:
+            with self._lock:
+                if self._session_manager is None:
+                    from ..sessions import NexusSessionManager
+
+                    self._session_manager = NexusSessionManager(cleanup_interval=300, session_ttl=7200)
+                    self._owns_session_manager = True
+        return self._session_manager
+
+    @session_manager.setter
+    def session_manager(self, manager: NexusSessionManager) -> None:
+        if self._owns_session_manager and self._session_manager is not None and self._session_manager is not manager:
+            self._session_manager.close()
+        self._session_manager = manager
+        self._owns_session_manager = False
+
+    def _adopt_session_manager(self, manager: Any) -> None:
+        """Used by ``deploy_with_sessions``: make ``manager`` the platform's unless one was given."""
+        if self._session_manager is None or self._owns_session_manager:
+            self.session_manager = manager
+
+    @property
+    def metrics(self) -> PerformanceMetrics:
+        """Latency per channel (``api``, ``cli``, ``mcp``) and per deployment (``workflow:NAME``)."""
+        if self._metrics is None:
+            from ..metrics import PerformanceMetrics
+
+            with self._lock:
+                if self._metrics is None:
+                    self._metrics = PerformanceMetrics()
+        return self._metrics
+
+    # ------------------------------------------------------------------
+    # the single execution path
+    # ------------------------------------------------------------------
+    def invoke(
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        channel: str = "api",
+        session_id: str | None = None,
+        *,
+        principal: str | None = None,
+    ) -> dict[str, Any]:
+        """Run deployment ``name`` with ``inputs`` and return its outputs.
+
+        >>> app.invoke("assistant", {"query": "hi"}, session_id=sid)
+        {'response': '...'}
+        """
+        return self.execute(name, inputs, channel=channel, session_id=session_id, principal=principal).outputs
+
+    def execute(
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        channel: str = "api",
+        session_id: str | None = None,
+        principal: str | None = None,
+        coerce_strings: bool = False,
+    ) -> Execution:
+        """Like :meth:`invoke`, returning an :class:`Execution` (outputs, session id, time)."""
+        dep, values, manager, session_id, state = self._prepare(
+            name, inputs, channel, session_id, principal, coerce_strings
+        )
+        start = time.perf_counter()
+        ok = False
+        try:
+            outputs = normalize_outputs(dep.call(values, state))
+            ok = True
+        except NexusError:
+            raise
+        except Exception as exc:
+            raise self._agent_error(name, exc) from exc
+        finally:
+            elapsed = time.perf_counter() - start
+            if self.enable_monitoring:
+                self._record(name, channel, elapsed, ok)
+        return self._finish(dep, values, outputs, manager, session_id, state, channel, elapsed)
+
+    async def aexecute(
+        self,
+        name: str,
+        inputs: dict[str, Any] | None = None,
+        *,
+        channel: str = "api",
+        session_id: str | None = None,
+        principal: str | None = None,
+        coerce_strings: bool = False,
+    ) -> Execution:
+        """Async :meth:`execute`: a sync agent runs in a worker thread, an async one on the loop."""
+        dep = self.get_deployment(name, channel)
+        if not dep.compiled.is_async:
+            import anyio.to_thread
+
+            return await anyio.to_thread.run_sync(
+                lambda: self.execute(
+                    name, inputs, channel=channel, session_id=session_id,
+                    principal=principal, coerce_strings=coerce_strings,
+                )
+            )
+        dep, values, manager, session_id, state = self._prepare(
+            name, inputs, channel, session_id, principal, coerce_strings
+        )
+        start = time.perf_counter()
+        ok = False
+        try:
+            outputs = normalize_outputs(await dep.acall(values, state))
+            ok = True
+        except NexusError:
+            raise
+        except Exception as exc:
+            raise self._agent_error(name, exc) from exc
+        finally:
+            elapsed = time.perf_counter() - start
+            if self.enable_monitoring:
+                self._record(name, channel, elapsed, ok)
+        return self._finish(dep, values, outputs, manager, session_id, state, channel, elapsed)
+
+    def _prepare(self, name, inputs, channel, session_id, principal, coerce_strings):
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"channel must be a non-empty string, got {channel!r}")
+        dep = self.get_deployment(name, channel if channel in CHANNELS else None)
+        values = dep.schema.validate(inputs, coerce_strings=coerce_strings)
+        manager = None
+        state: dict[str, Any] = {}
+        if session_id is not None:
+            manager = dep.session_manager or self.session_manager
+            session = manager.get_session(session_id)
+            if session is None or (principal is not None and session.user_id != principal):
+                raise SessionNotFound(session_id)
+            state = manager.get_session_state(session_id, channel=channel)
+        elif dep.session_manager is not None:
+            manager = dep.session_manager
+            session_id = manager.create_session(user_id=principal or "anonymous").session_id
+        return dep, values, manager, session_id, state
+
+    def _finish(self, dep, values, outputs, manager, session_id, state, channel, elapsed) -> Execution:
+        if manager is not None and session_id is not None:
+            manager.update_session_state(session_id, session_update(values, outputs, state, channel), channel=channel)
+        return Execution(dep.name, outputs, session_id, elapsed * 1000.0, channel)
+
+    def _record(self, name: str, channel: str, elapsed: float, ok: bool) -> None:
+        metrics = self.metrics
+        metrics.record(channel, elapsed, success=ok)
+        metrics.record(f"workflow:{name}", elapsed, success=ok)
+
+    @staticmethod
+    def _agent_error(name: str, exc: Exception) -> AgentExecutionError:
+        error_id = uuid.uuid4().hex[:12]
+        logger.error("deployment %r failed (error id %s)", name, error_id, exc_info=exc)
+        return AgentExecutionError(
+            f"deployment {name!r} failed with {type(exc).__name__}; see the server log for error id {error_id}",
+            error_id,
+        )
+
+    # ------------------------------------------------------------------
+    # health
+    # ------------------------------------------------------------------
+    def channel_status(self) -> dict[str, dict[str, Any]]:
+        """State and URL of each channel: ``registered``, ``serving``, ``stopped`` or ``failed``."""
+        urls = {"api": self.api_url, "cli": self.api_url, "mcp": self.mcp_url}
+        out = {}
+        for ch in CHANNELS:
+            entry: dict[str, Any] = {
+                "state": self._channel_state[ch],
+                "url": urls[ch] if self._channel_state[ch] == "serving" else None,
+                "deployments": sorted(n for n, d in self._deployments.items() if ch in d.channels),
+            }
+            if ch in self._channel_error:
+                entry["error"] = self._channel_error[ch]
+            out[ch] = entry
+        return out
+
+    def health_check(self) -> dict[str, Any]:
+        """Platform health: ``status`` is ``healthy`` unless a channel failed.
+
+        >>> app.health_check()["status"]
+        'healthy'
+        """
+        channels = self.channel_status()
+        failed = [c for c, s in channels.items() if s["state"] == "failed"]
+        health: dict[str, Any] = {
+            "status": "degraded" if failed else "healthy",
+            "channels": channels,
+            "deployments": sorted(self._deployments),
+            "auth": self.enable_auth,
+            "rate_limit": self.rate_limit,
+            "monitoring": self.enable_monitoring,
+            "uptime_seconds": round(time.time() - self.started_at, 3),
+        }
+        if self._session_manager is not None:
+            m = self._session_manager.get_session_metrics()
+            health["sessions"] = {"active": m.get("active_sessions"), "store": m.get("store")}
+        return health
+
+    # ------------------------------------------------------------------
+    # serving
+    # ------------------------------------------------------------------
+    @property
+    def api_url(self) -> str | None:
+        """``http://host:port`` of the running API (None when not serving)."""
+        return self._servers.api_url if self._servers is not None else None
+
+    @property
+    def mcp_url(self) -> str | None:
+        """The MCP streamable-HTTP endpoint of the running platform (None when not serving)."""
+        return self._servers.mcp_url if self._servers is not None else None
+
+    @property
+    def is_running(self) -> bool:
+        return self._servers is not None and self._servers.is_running
+
+    def start(self, block: bool = True) -> None:
+        """Serve the API and MCP.
+
+        ``block=True`` (default) runs until Ctrl-C, SIGTERM or :meth:`stop`;
+        ``block=False`` returns once both servers accept connections, leaving a
+        notebook kernel free.
+        """
+        from .server import ServerGroup
+
+        with self._lock:
+            if self._servers is not None and self._servers.is_running:
+                if block:
+                    raise RuntimeError("the platform is already running; call stop() first")
+                return
+            group = ServerGroup(self)
+            self._servers = group
+        try:
+            group.start()
+        except BaseException as exc:
+            self._set_state("failed", error=str(exc))
+            self._servers = None
+            raise
+        self._set_state("serving")
+        if block:
+            try:
+                group.wait()
+            finally:
+                self.stop()
+
+    def stop(self) -> None:
+        """Stop serving (idempotent); in-flight requests finish first."""
+        with self._lock:
+            group, self._servers = self._servers, None
+        if group is not None:
+            group.stop()
+            self._set_state("stopped")
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Nexus]:
+        """``with app.running(): ...`` starts in the background and stops on exit."""
+        self.start(block=False)
+        try:
+            yield self
+        finally:
+            self.stop()
+
+    def _set_state(self, state: str, error: str | None = None) -> None:
+        for ch in CHANNELS:
+            self._channel_state[ch] = state
+            if error:
+                self._channel_error[ch] = error
+            else:
+                self._channel_error.pop(ch, None)
+
+    def close(self) -> None:
+        """Stop serving and close the session manager this app created itself."""
+        self.stop()
+        if self._owns_session_manager and self._session_manager is not None:
+            self._session_manager.close()
+
+    # ------------------------------------------------------------------
+    def _discover(self) -> None:
+        from importlib.metadata import entry_points
+
+        for ep in entry_points(group=DISCOVERY_GROUP):
+            try:
+                target = ep.load()
+                if isinstance(target, type):
+                    target = target()
+                self._deploy(ep.name, target, channels=CHANNELS, replace=True)
+            except Exception as exc:  # one broken plugin must not stop the platform
+                warnings.warn(f"auto_discovery: could not load {ep.name!r} ({ep.value}): {exc}", stacklevel=3)
+
+    def __repr__(self) -> str:
+        state = "serving" if self.is_running else "not serving"
+        return f"Nexus(deployments={sorted(self._deployments)!r}, {state})"
+
+    def _repr_html_(self) -> str:
+        from ..jupyter.reprs import nexus_html
+
+        return nexus_html(self)
+
+
+def _cache_key(name: str, target: Any) -> tuple | None:
+    """Key of the deployment cache: the name plus what decides the compiled schema.
+
+    Classes and functions are keyed by the objects themselves (not their names),
+    so a class or function redefined in a notebook cell never reuses a stale
+    schema; the cache holds them, so their ids cannot be reused either.
+    """
+    config = getattr(target, "config", None)
+    fingerprint = getattr(config, "fingerprint", None)
+    if callable(fingerprint):
+        return (name, type(target), fingerprint())
+    try:
+        hash(target)
+    except TypeError:
+        return None
+    return (name, type(target), target)

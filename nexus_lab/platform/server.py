@@ -1,0 +1,172 @@
+"""Run the API and MCP servers (uvicorn) on one background event loop.
+
+The platform binds its sockets itself, so port ``0`` picks a free port and a
+port in use fails at once with :class:`~nexus_lab.errors.PortInUseError`.
+Both uvicorn servers then share one event loop in a daemon thread, which keeps
+a notebook kernel free; :meth:`ServerGroup.stop` asks uvicorn to shut down
+gracefully (in-flight requests finish) and joins the thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import signal
+import socket
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+from ..errors import PortInUseError
+
+if TYPE_CHECKING:
+    from .app import Nexus
+
+__all__ = ["ServerGroup", "bind_socket"]
+
+logger = logging.getLogger("nexus_lab.server")
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``0`` = any free port)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        if exc.errno in (errno.EADDRINUSE, errno.EACCES):
+            raise PortInUseError(host, port) from exc
+        raise OSError(f"cannot bind {host}:{port}: {exc.strerror or exc}") from exc
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def _url(host: str, sock: socket.socket) -> str:
+    port = sock.getsockname()[1]
+    shown = f"[{host}]" if ":" in host else host
+    if host in ("0.0.0.0", "::"):
+        shown = "127.0.0.1"
+    return f"http://{shown}:{port}"
+
+
+class ServerGroup:
+    """The running servers of one :class:`~nexus_lab.Nexus`."""
+
+    def __init__(self, app: Nexus, *, log_level: str = "warning", startup_timeout: float = 30.0) -> None:
+        self.app = app
+        self.log_level = log_level
+        self.startup_timeout = startup_timeout
+        self.api_url: str | None = None
+        self.mcp_url: str | None = None
+        self._servers: list[Any] = []
+        self._thread: threading.Thread | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._error: BaseException | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def is_running(self) -> bool:
+        return self._thread is not None and self._thread.is_alive() and not self._stopped.is_set()
+
+    def start(self) -> None:
+        import uvicorn
+
+        from .http import build_api_app
+        from .mcp import build_mcp_app
+
+        app = self.app
+        api_sock = bind_socket(app.host, app.api_port)
+        try:
+            mcp_sock = bind_socket(app.host, app.mcp_port)
+        except BaseException:
+            api_sock.close()
+            raise
+        self.api_url = _url(app.host, api_sock)
+        self.mcp_url = _url(app.host, mcp_sock) + "/mcp"
+        pairs = [(build_api_app(app), api_sock), (build_mcp_app(app), mcp_sock)]
+        for asgi, sock in pairs:
+            config = uvicorn.Config(
+                asgi,
+                log_level=self.log_level,
+                lifespan="on",
+                access_log=False,
+                timeout_graceful_shutdown=10,
+                server_header=False,
+            )
+            server = uvicorn.Server(config)
+            server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the owner handles signals
+            self._servers.append((server, sock))
+        self._thread = threading.Thread(target=self._run, name="nexus-servers", daemon=True)
+        self._thread.start()
+        deadline = time.monotonic() + self.startup_timeout
+        while time.monotonic() < deadline:
+            if self._error is not None or not self._thread.is_alive():
+                self.stop()
+                raise RuntimeError(f"the platform failed to start: {self._error}") from self._error
+            if all(s.started for s, _ in self._servers):
+                logger.info("nexus_lab serving API at %s and MCP at %s", self.api_url, self.mcp_url)
+                return
+            time.sleep(0.005)
+        self.stop()
+        raise TimeoutError(f"the platform did not start within {self.startup_timeout} s")
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        asyncio.set_event_loop(loop)
+
+        async def serve_all() -> None:
+            await asyncio.gather(*(s.serve(sockets=[sock]) for s, sock in self._servers))
+
+        try:
+            loop.run_until_complete(serve_all())
+        except BaseException as exc:  # reported to start() / logged
+            self._error = exc
+            logger.exception("nexus_lab servers stopped with an error")
+        finally:
+            for _, sock in self._servers:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+            try:
+                loop.run_until_complete(loop.shutdown_asyncgens())
+            finally:
+                loop.close()
+                self._stopped.set()
+
+    def stop(self, timeout: float = 15.0) -> None:
+        """Graceful shutdown: stop accepting, let in-flight requests finish, join the thread."""
+        for server, _ in self._servers:
+            server.should_exit = True
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                for server, _ in self._servers:
+                    server.force_exit = True
+                self._thread.join(5)
+        self._stopped.set()
+
+    def wait(self) -> None:
+        """Block the calling (main) thread until Ctrl-C, SIGTERM or :meth:`stop`."""
+        stop = threading.Event()
+        previous: dict[int, Any] = {}
+        if threading.current_thread() is threading.main_thread():
+            def _handler(signum, frame):  # noqa: ARG001
+                logger.info("received signal %s, shutting down", signum)
+                stop.set()
+
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                previous[sig] = signal.signal(sig, _handler)
+        try:
+            while not stop.is_set() and not self._stopped.is_set():
+                stop.wait(0.2)
+        except KeyboardInterrupt:
+            pass
+        finally:
+            for sig, handler in previous.items():
+                signal.signal(sig, handler)
