@@ -36,7 +36,7 @@ import math
 from collections.abc import Mapping
 from typing import Any
 
-from .errors import ConfigError
+from .errors import ConfigError, InputValidationError
 
 __all__ = ["BaseAgentConfig", "BaseAgent", "AIAssistant", "coerce_config"]
 
@@ -209,7 +209,7 @@ class AIAssistant(BaseAgent):
 
     def process(self, query: str, session_state: dict | None = None) -> dict[str, Any]:
         if not isinstance(query, str) or not query.strip():
-            raise ValueError("query must be a non-empty string")
+            raise InputValidationError("query must be a non-empty string", field="query")
         messages: list[dict[str, str]] = [{"role": "system", "content": self.config.system_prompt}]
         for turn in (session_state or {}).get("history", []):
             if isinstance(turn, dict):

@@ -19,8 +19,9 @@ from __future__ import annotations
 import inspect
 import json
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 from .errors import InputValidationError
 

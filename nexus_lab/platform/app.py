@@ -22,7 +22,8 @@ import time
 import uuid
 import warnings
 from collections import OrderedDict
-from typing import TYPE_CHECKING, Any, Iterator
+from collections.abc import Iterator
+from typing import TYPE_CHECKING, Any
 
 from ..errors import (
     AgentExecutionError,

@@ -12,8 +12,9 @@ import asyncio
 import inspect
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from ..schema import SESSION_STATE_PARAM, InputSchema
 

@@ -1,0 +1,42 @@
+# nexus_lab — every target creates .venv and installs what it needs on a fresh machine.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+
+.PHONY: demo test lab lint bench clean system-deps
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install --upgrade pip
+
+# Runtime extras: enough for the demo (server + CLI + openai).
+$(VENV)/.stamp-run: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[server,cli,openai]'
+	touch $@
+
+# Everything the tests need (jupyter, redis client, nbval, playwright, ruff ...).
+$(VENV)/.stamp-dev: pyproject.toml | $(BIN)/python
+	$(PIP) install -e '.[all]'
+	touch $@ $(VENV)/.stamp-run
+
+demo: $(VENV)/.stamp-run
+	$(BIN)/nexus demo
+
+system-deps:
+	@bash scripts/system-deps.sh
+
+test: $(VENV)/.stamp-dev system-deps
+	$(BIN)/python -m pytest tests notebooks
+
+lint: $(VENV)/.stamp-dev
+	$(BIN)/ruff check nexus_lab tests benchmarks
+
+bench: $(VENV)/.stamp-dev
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done
+
+lab: $(VENV)/.stamp-dev
+	$(BIN)/jupyter lab --ip=127.0.0.1 --notebook-dir=notebooks
+
+clean:
+	rm -rf $(VENV) .nexus .pytest_cache build *.egg-info

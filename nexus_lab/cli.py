@@ -1,0 +1,681 @@
+"""The ``nexus`` command line: run deployments, inspect and serve a platform.
+
+Only ``click`` and the standard library are imported at module level, so
+``nexus --help`` answers in well under half a second; ``httpx`` and the
+platform are imported inside the commands that need them.
+
+Commands::
+
+    nexus run NAME [--query TEXT] [--input k=v ...] [--json-input '{...}'] [--session ID]
+    nexus list                       deployments: name, channels, inputs
+    nexus health                     platform health (non-zero exit unless healthy)
+    nexus serve APP_REF              serve an app's API and MCP until Ctrl-C / SIGTERM
+    nexus mcp APP_REF                serve an app's deployments as MCP tools over stdio
+    nexus sessions list|create|show|delete
+    nexus demo                       the self-contained demo (nexus_lab.demo)
+
+The client commands talk to a running platform over HTTP: ``--url`` (default
+``$NEXUS_URL``, else ``http://127.0.0.1:8000``), ``--api-key`` (default
+``$NEXUS_API_KEY``, sent as ``Authorization: Bearer``) and ``--timeout``
+(default ``$NEXUS_TIMEOUT``, else 60 s). Every request carries
+``X-Nexus-Channel: cli``, so the platform records the call on the ``cli``
+channel and converts ``--input`` text to the deployment's input types.
+
+``nexus run`` prints the answer on stdout (the ``response`` output when
+there is one, else the outputs as JSON; the whole response with ``--json``)
+and the session id on stderr (``session: <id>``), so stdout stays the answer.
+
+Exit codes (an error is one ``error: ...`` line on stderr, never a traceback):
+
+====  ===========================================================
+0     success
+1     server or agent error (HTTP 5xx), timeout, platform failed to start
+2     usage error (bad option, malformed ``--input``, invalid JSON, bad APP_REF)
+3     cannot reach the server (start one with ``nexus serve`` or ``make demo``)
+4     not found: unknown deployment or session (HTTP 404)
+5     invalid input (HTTP 400 / 413 / 422)
+6     authentication failed (HTTP 401 / 403)
+7     rate limited (HTTP 429; the message says when to retry)
+====  ===========================================================
+
+Set ``NEXUS_DEBUG=1`` to get the traceback of an unexpected error.
+
+Example::
+
+    $ nexus serve nexus_lab.demo:build_app --api-port 8000 &
+    $ nexus run assistant --query "What is AI?"
+    [mock:gpt-4] You said: What is AI?
+    session: 3f0c...
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from typing import Any, Callable, NoReturn
+
+import click
+
+__all__ = [
+    "main",
+    "cli",
+    "CliError",
+    "EXIT_OK",
+    "EXIT_SERVER",
+    "EXIT_USAGE",
+    "EXIT_UNREACHABLE",
+    "EXIT_NOT_FOUND",
+    "EXIT_INVALID",
+    "EXIT_AUTH",
+    "EXIT_RATE_LIMITED",
+    "wait_until_stopped",
+]
+
+EXIT_OK = 0
+EXIT_SERVER = 1
+EXIT_USAGE = 2
+EXIT_UNREACHABLE = 3
+EXIT_NOT_FOUND = 4
+EXIT_INVALID = 5
+EXIT_AUTH = 6
+EXIT_RATE_LIMITED = 7
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+DEFAULT_TIMEOUT = 60.0
+
+_EPILOG = """\b
+Exit codes:
+  0  success
+  1  server or agent error (HTTP 5xx), timeout, platform failed to start
+  2  usage error (bad option, malformed --input, invalid JSON, bad APP_REF)
+  3  cannot reach the server (start one with `nexus serve APP_REF` or `make demo`)
+  4  not found: unknown deployment or session (HTTP 404)
+  5  invalid input (HTTP 400/413/422)
+  6  authentication failed (HTTP 401/403)
+  7  rate limited (HTTP 429)
+
+\b
+Environment: NEXUS_URL (default http://127.0.0.1:8000), NEXUS_API_KEY,
+NEXUS_TIMEOUT (seconds, default 60), NEXUS_DEBUG=1 (tracebacks).
+"""
+
+
+class CliError(click.ClickException):
+    """An error shown as one ``error: ...`` line on stderr, exiting with ``exit_code``."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_SERVER) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"error: {self.format_message()}", file=file or sys.stderr)
+
+
+def _status_exit_code(status: int) -> int:
+    if status in (401, 403):
+        return EXIT_AUTH
+    if status == 404:
+        return EXIT_NOT_FOUND
+    if status == 429:
+        return EXIT_RATE_LIMITED
+    if 400 <= status < 500:
+        return EXIT_INVALID
+    return EXIT_SERVER
+
+
+# ---------------------------------------------------------------------------
+# HTTP client
+# ---------------------------------------------------------------------------
+class _Client:
+    """The few HTTP calls the CLI makes, with errors turned into :class:`CliError`."""
+
+    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
+        self.url = url.rstrip("/")
+        self.api_key = api_key or None
+        self.timeout = timeout
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        params: dict[str, Any] | None = None,
+        accept_status: tuple[int, ...] = (),
+    ) -> tuple[int, Any]:
+        import httpx
+
+        headers = {"X-Nexus-Channel": "cli", "Accept": "application/json"}
+        if self.api_key:
+            headers["Authorization"] = f"Bearer {self.api_key}"
+        target = self.url + path
+        try:
+            with httpx.Client(timeout=self.timeout, trust_env=False) as client:
+                resp = client.request(method, target, json=json_body, params=params, headers=headers)
+        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+            raise CliError(
+                f"cannot reach the nexus server at {self.url} ({_reason(exc)}); start one with "
+                "`nexus serve APP_REF` or `make demo`, or pass --url / set $NEXUS_URL",
+                EXIT_UNREACHABLE,
+            ) from None
+        except httpx.TimeoutException:
+            raise CliError(
+                f"{method} {target} got no answer within {self.timeout:g} s (raise --timeout)",
+                EXIT_SERVER,
+            ) from None
+        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
+            raise CliError(f"invalid --url {self.url!r}: {exc}", EXIT_USAGE) from None
+        except httpx.TransportError as exc:
+            raise CliError(
+                f"connection to {self.url} failed: {type(exc).__name__}: {_reason(exc)}", EXIT_SERVER
+            ) from None
+        try:
+            body = resp.json()
+        except ValueError:
+            body = None
+        if resp.is_success or resp.status_code in accept_status:
+            if body is None and resp.status_code != 204 and resp.content:
+                raise CliError(
+                    f"{self.url} answered {method} {path} with something that is not JSON; "
+                    "is --url a nexus_lab server?",
+                    EXIT_SERVER,
+                )
+            return resp.status_code, body
+        raise self._http_error(resp, body)
+
+    def _http_error(self, resp: Any, body: Any) -> CliError:
+        status = resp.status_code
+        err = body.get("error") if isinstance(body, dict) else None
+        if isinstance(err, dict) and err.get("message"):
+            message = str(err["message"])
+        elif isinstance(err, str) and err:
+            message = err
+        elif isinstance(body, dict) and isinstance(body.get("detail"), str):
+            message = body["detail"]
+        else:
+            text = (resp.text or "").strip().splitlines()
+            message = f"HTTP {status} {resp.reason_phrase}" + (f": {text[0][:200]}" if text else "")
+        code = _status_exit_code(status)
+        if code == EXIT_RATE_LIMITED:
+            retry = resp.headers.get("Retry-After")
+            if retry is None and isinstance(err, dict):
+                retry = err.get("retry_after")
+            if retry is not None:
+                message += f" (retry after {retry} s)"
+        elif code == EXIT_AUTH and not self.api_key:
+            message += " (pass --api-key or set $NEXUS_API_KEY)"
+        elif code == EXIT_SERVER and isinstance(err, dict) and err.get("error_id"):
+            if str(err["error_id"]) not in message:
+                message += f" (error id {err['error_id']})"
+        return CliError(message, code)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    if "Connection refused" in text or "Errno 111" in text:
+        return "connection refused"
+    return text.splitlines()[-1] if text else type(exc).__name__
+
+
+def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--url, --api-key and --timeout, shared by every command that talks HTTP."""
+    fn = click.option(
+        "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="NEXUS_TIMEOUT",
+        default=DEFAULT_TIMEOUT, show_default=True, metavar="S",
+        help="Seconds to wait for the server ($NEXUS_TIMEOUT).",
+    )(fn)
+    fn = click.option(
+        "--api-key", envvar="NEXUS_API_KEY", default=None, metavar="KEY",
+        help="API key, sent as 'Authorization: Bearer KEY' ($NEXUS_API_KEY).",
+    )(fn)
+    fn = click.option(
+        "--url", envvar="NEXUS_URL", default=DEFAULT_URL, show_default=True, metavar="URL",
+        help="Base URL of the nexus server ($NEXUS_URL).",
+    )(fn)
+    return fn
+
+
+def _dump(data: Any, *, pretty: bool = False) -> str:
+    if pretty:
+        return json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    return json.dumps(data, ensure_ascii=False, default=str)
+
+
+def _items(body: Any, key: str) -> list[Any]:
+    """A list from ``[...]``, ``{key: [...]}`` or ``{key: {name: item}}``."""
+    if isinstance(body, dict):
+        body = body.get(key, body)
+        if isinstance(body, dict):
+            return [({"name": k, **v} if isinstance(v, dict) else v) for k, v in body.items()]
+    return list(body) if isinstance(body, list) else []
+
+
+def _table(headers: list[str], rows: list[list[str]]) -> str:
+    widths = [len(h) for h in headers]
+    for row in rows:
+        widths = [max(w, len(c)) for w, c in zip(widths, row)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------
+# commands
+# ---------------------------------------------------------------------------
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+@click.group(
+    epilog=_EPILOG,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
+)
+@click.version_option(_version(), "-V", "--version", prog_name="nexus", message="%(prog)s %(version)s")
+def cli() -> None:
+    """nexus: run AI agents deployed on a nexus_lab platform, and serve them.
+
+    One deployment answers on the HTTP API, this CLI and MCP; pass --session
+    to continue a conversation started on any channel.
+    """
+
+
+def _parse_inputs(json_input: str | None, pairs: tuple[str, ...], query: str | None) -> dict[str, Any]:
+    inputs: dict[str, Any] = {}
+    if json_input is not None:
+        try:
+            data = json.loads(json_input)
+        except ValueError as exc:
+            raise click.BadParameter(f"not valid JSON ({exc})", param_hint="'--json-input'") from None
+        if not isinstance(data, dict):
+            raise click.BadParameter(
+                f"must be a JSON object like '{{\"query\": \"hi\"}}', got {type(data).__name__}",
+                param_hint="'--json-input'",
+            )
+        inputs.update(data)
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        key = key.strip()
+        if not sep or not key:
+            raise click.BadParameter(f"expected KEY=VALUE, got {pair!r}", param_hint="'--input'")
+        inputs[key] = value
+    if query is not None:
+        inputs["query"] = query
+    return inputs
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("name")
+@click.option("-q", "--query", default=None, help="Text for the 'query' input.")
+@click.option(
+    "-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE",
+    help="An input value (repeatable); the server converts it to the input's type.",
+)
+@click.option("--json-input", default=None, metavar="JSON", help="Inputs as a JSON object.")
+@click.option("-s", "--session", "session_id", default=None, metavar="ID", help="Session to continue.")
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the whole JSON response.")
+def run(name, query, pairs, json_input, session_id, url, api_key, timeout, as_json) -> None:
+    """Run deployment NAME and print its answer.
+
+    Inputs merge --json-input, then --input pairs, then --query (as 'query').
+    The answer goes to stdout, the session id to stderr.
+    """
+    inputs = _parse_inputs(json_input, pairs, query)
+    body: dict[str, Any] = {"inputs": inputs}
+    if session_id:
+        body["session_id"] = session_id
+    client = _Client(url, api_key, timeout)
+    _, resp = client.request("POST", f"/api/workflows/{_segment(name)}/execute", json_body=body)
+    if as_json:
+        click.echo(_dump(resp, pretty=True))
+        return
+    outputs = resp.get("outputs", resp) if isinstance(resp, dict) else resp
+    if isinstance(outputs, dict) and "response" in outputs:
+        answer = outputs["response"]
+        click.echo(answer if isinstance(answer, str) else _dump(answer))
+    else:
+        click.echo(_dump(outputs))
+    sid = resp.get("session_id") if isinstance(resp, dict) else None
+    if sid:
+        click.echo(f"session: {sid}", err=True)
+
+
+def _segment(name: str) -> str:
+    from urllib.parse import quote
+
+    return quote(name, safe="")
+
+
+def _fmt_inputs(inputs: Any) -> str:
+    if not isinstance(inputs, list):
+        return ""
+    parts = []
+    for item in inputs:
+        if not isinstance(item, dict):
+            continue
+        text = f"{item.get('name')}: {item.get('type', 'any')}"
+        if not item.get("required", True):
+            text += f" = {_dump(item.get('default'))}"
+        parts.append(text)
+    return ", ".join(parts)
+
+
+@cli.command("list", epilog=_EPILOG)
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON listing.")
+def list_(url, api_key, timeout, as_json) -> None:
+    """List the deployments of the server: name, channels, inputs."""
+    _, body = _Client(url, api_key, timeout).request("GET", "/api/workflows")
+    items = _items(body, "workflows")
+    if as_json:
+        click.echo(_dump(body, pretty=True))
+        return
+    if not items:
+        click.echo("no deployments")
+        return
+    rows = []
+    for it in items:
+        if not isinstance(it, dict):
+            continue
+        channels = it.get("channels") or []
+        rows.append([
+            str(it.get("name", "")),
+            ",".join(channels) if isinstance(channels, list) else str(channels),
+            ("yes" if it.get("sessions") else "no"),
+            _fmt_inputs(it.get("inputs")),
+        ])
+    click.echo(_table(["name", "channels", "sessions", "inputs"], rows))
+
+
+@cli.command(epilog=_EPILOG)
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON health document.")
+def health(url, api_key, timeout, as_json) -> None:
+    """Show the platform's health; exits 1 unless the status is 'healthy'."""
+    client = _Client(url, api_key, timeout)
+    status_code, body = client.request("GET", "/health", accept_status=(503,))
+    if not isinstance(body, dict):
+        raise CliError(f"{client.url}/health returned no health document", EXIT_SERVER)
+    status = str(body.get("status", "unknown"))
+    if as_json:
+        click.echo(_dump(body, pretty=True))
+    else:
+        click.echo(f"status: {status}  ({client.url})")
+        channels = body.get("channels")
+        if isinstance(channels, dict):
+            for ch, info in channels.items():
+                if isinstance(info, dict):
+                    line = f"  {ch:<4} {info.get('state', '?')}"
+                    if info.get("url"):
+                        line += f"  {info['url']}"
+                    if info.get("error"):
+                        line += f"  ({info['error']})"
+                    click.echo(line)
+        deps = body.get("deployments")
+        if isinstance(deps, list):
+            click.echo(f"deployments: {', '.join(map(str, deps)) or 'none'}")
+        sessions = body.get("sessions")
+        if isinstance(sessions, dict):
+            click.echo(f"sessions: {sessions.get('active')} active ({sessions.get('store')})")
+        flags = [f"{k}={body[k]}" for k in ("auth", "rate_limit", "monitoring") if k in body]
+        if flags:
+            click.echo("  ".join(flags))
+        if "uptime_seconds" in body:
+            click.echo(f"uptime: {body['uptime_seconds']} s")
+    if status not in ("healthy", "ok"):
+        raise CliError(f"the platform at {client.url} is {status} (HTTP {status_code})", EXIT_SERVER)
+
+
+# -- sessions ------------------------------------------------------------
+@cli.group(epilog=_EPILOG)
+def sessions() -> None:
+    """List, create, show and delete sessions on the server."""
+
+
+def _fmt_time(value: Any) -> str:
+    if not isinstance(value, (int, float)):
+        return str(value) if value is not None else ""
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
+
+
+@sessions.command("list", epilog=_EPILOG)
+@click.option("--user", "user_id", default=None, help="Only this user's sessions.")
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON listing.")
+def sessions_list(user_id, url, api_key, timeout, as_json) -> None:
+    """List sessions (of one user with --user)."""
+    params = {"user_id": user_id} if user_id else None
+    _, body = _Client(url, api_key, timeout).request("GET", "/api/sessions", params=params)
+    if as_json:
+        click.echo(_dump(body, pretty=True))
+        return
+    items = [it for it in _items(body, "sessions") if isinstance(it, dict)]
+    if not items:
+        click.echo("no sessions")
+        return
+    rows = []
+    for it in items:
+        channels = it.get("channels") or []
+        rows.append([
+            str(it.get("session_id", it.get("id", ""))),
+            str(it.get("user_id", "")),
+            ",".join(map(str, channels)) if isinstance(channels, list) else str(channels),
+            _fmt_time(it.get("last_accessed")),
+            _fmt_time(it.get("expires_at")),
+        ])
+    click.echo(_table(["session", "user", "channels", "last accessed", "expires"], rows))
+
+
+@sessions.command("create", epilog=_EPILOG)
+@click.option("--user", "user_id", default=None, help="Owner of the session (default: the caller).")
+@_client_options
+@click.option("--json", "as_json", is_flag=True, help="Print the JSON response.")
+def sessions_create(user_id, url, api_key, timeout, as_json) -> None:
+    """Create a session and print its id."""
+    body = {"user_id": user_id} if user_id else {}
+    _, resp = _Client(url, api_key, timeout).request("POST", "/api/sessions", json_body=body)
+    if as_json:
+        click.echo(_dump(resp, pretty=True))
+        return
+    sid = resp.get("session_id") if isinstance(resp, dict) else None
+    if not sid and isinstance(resp, dict) and isinstance(resp.get("session"), dict):
+        sid = resp["session"].get("session_id")
+    click.echo(sid or _dump(resp))
+
+
+@sessions.command("show", epilog=_EPILOG)
+@click.argument("session_id")
+@_client_options
+def sessions_show(session_id, url, api_key, timeout) -> None:
+    """Print a session (owner, channels, state) as JSON."""
+    _, body = _Client(url, api_key, timeout).request("GET", f"/api/sessions/{_segment(session_id)}")
+    click.echo(_dump(body, pretty=True))
+
+
+@sessions.command("delete", epilog=_EPILOG)
+@click.argument("session_id")
+@_client_options
+def sessions_delete(session_id, url, api_key, timeout) -> None:
+    """Delete a session."""
+    _Client(url, api_key, timeout).request("DELETE", f"/api/sessions/{_segment(session_id)}")
+    click.echo(f"deleted {session_id}")
+
+
+# -- serving -------------------------------------------------------------
+def _load(app_ref: str) -> Any:
+    from .platform.loader import AppRefError, load_app
+
+    try:
+        return load_app(app_ref)
+    except AppRefError as exc:
+        raise CliError(str(exc), EXIT_USAGE) from None
+
+
+def wait_until_stopped(app: Any) -> None:
+    """Block the main thread until Ctrl-C, SIGTERM or the servers stop, then stop ``app``."""
+    import signal
+    import threading
+
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+            stop.set()
+
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _handler)
+    try:
+        while not stop.wait(0.2):
+            if not app.is_running:
+                break
+    except KeyboardInterrupt:
+        pass
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        app.stop()
+
+
+def _start_error(exc: BaseException) -> NoReturn:
+    from .errors import NexusError
+
+    if isinstance(exc, NexusError):
+        raise CliError(str(exc), EXIT_SERVER) from None
+    raise CliError(f"the platform failed to start: {type(exc).__name__}: {exc}", EXIT_SERVER) from None
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("app_ref", metavar="APP_REF")
+@click.option("--host", default=None, help="Bind address (default: the app's, 127.0.0.1).")
+@click.option("--api-port", type=click.IntRange(0, 65535), default=None,
+              help="API port; 0 picks a free one (default: the app's, 8000).")
+@click.option("--mcp-port", type=click.IntRange(0, 65535), default=None,
+              help="MCP port; 0 picks a free one (default: the app's, 3001).")
+@click.option("--sessions", "sessions_url", default=None, metavar="URL",
+              help="Session store, e.g. sqlite:///.nexus/sessions.db (replaces the app's).")
+@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
+              default="info", show_default=True, help="Server log level (stderr).")
+def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
+    """Serve APP_REF's HTTP API and MCP until Ctrl-C or SIGTERM.
+
+    APP_REF is 'module:attr' or 'path/to/file.py:attr' naming a Nexus app or a
+    factory returning one (attr defaults to 'app'). Prints 'API: URL' and
+    'MCP: URL' once both servers accept connections.
+    """
+    import logging
+
+    logging.basicConfig(
+        level=log_level.upper(), stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    app = _load(app_ref)
+    if host is not None:
+        app.host = host
+    if api_port is not None:
+        app.api_port = api_port
+    if mcp_port is not None:
+        app.mcp_port = mcp_port
+    if sessions_url:
+        _replace_sessions(app, sessions_url)
+    try:
+        app.start(block=False)
+    except Exception as exc:
+        _start_error(exc)
+    names = ", ".join(sorted(app.deployments)) or "none"
+    click.echo(f"nexus_lab serving {app_ref} (deployments: {names})")
+    click.echo(f"API: {app.api_url}")
+    click.echo(f"MCP: {app.mcp_url}")
+    if sessions_url:
+        click.echo(f"sessions: {sessions_url}")
+    click.echo("Press Ctrl-C to stop.")
+    sys.stdout.flush()
+    try:
+        wait_until_stopped(app)
+    finally:
+        app.close()
+    click.echo("stopped", err=True)
+
+
+def _replace_sessions(app: Any, url: str) -> None:
+    """Use a session store at ``url`` for the platform and every deployment with sessions."""
+    from .sessions import NexusSessionManager
+
+    try:
+        manager = NexusSessionManager(cleanup_interval=300, session_ttl=7200, store=url)
+    except Exception as exc:
+        raise CliError(f"--sessions {url!r}: {exc}", EXIT_USAGE) from None
+    old: dict[int, Any] = {}
+    for dep in app.deployments.values():
+        if dep.session_manager is not None:
+            old[id(dep.session_manager)] = dep.session_manager
+            dep.session_manager = manager
+    app.session_manager = manager  # closes a manager the app created itself
+    for previous in old.values():
+        if previous is not manager:
+            try:
+                previous.close()
+            except Exception:  # a store that cannot close cleanly must not stop serving
+                pass
+
+
+@cli.command(epilog=_EPILOG)
+@click.argument("app_ref", metavar="APP_REF")
+def mcp(app_ref) -> None:
+    """Serve APP_REF's deployments as MCP tools over stdio.
+
+    Only MCP protocol messages go to stdout; anything the app prints while
+    loading goes to stderr.
+    """
+    import contextlib
+    import logging
+
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    with contextlib.redirect_stdout(sys.stderr):
+        app = _load(app_ref)
+        from .platform.mcp import run_stdio
+    try:
+        run_stdio(app)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        app.close()
+
+
+@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
+                               "help_option_names": []})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def demo(args) -> None:
+    """Run the demo: an assistant with sessions, then the platform (try --help)."""
+    from .demo import main as demo_main
+
+    code = demo_main(list(args))
+    if code:
+        sys.exit(code)
+
+
+# ---------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> Any:
+    """Entry point of the ``nexus`` console script."""
+    try:
+        return cli.main(args=argv, prog_name="nexus")
+    except SystemExit:
+        raise
+    except Exception as exc:  # last resort: one line, no traceback
+        if os.environ.get("NEXUS_DEBUG"):
+            raise
+        msg = str(exc).strip().splitlines()
+        click.echo(
+            f"error: unexpected {type(exc).__name__}: {msg[0] if msg else ''} "
+            "(set NEXUS_DEBUG=1 for the traceback)",
+            err=True,
+        )
+        sys.exit(EXIT_SERVER)
+
+
+if __name__ == "__main__":
+    main()

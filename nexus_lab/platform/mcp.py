@@ -1,0 +1,418 @@
+"""The MCP channel: every deployment exposed on ``"mcp"`` is a tool (official ``mcp`` SDK v2).
+
+Three entry points:
+
+* :func:`build_mcp_server` -> an :class:`mcp.server.MCPServer` whose tools are
+  the app's deployments, read from the registry on every ``tools/list`` and
+  ``tools/call`` (a deployment added while serving shows up on the next list);
+* :func:`build_mcp_app` -> the ASGI app the platform serves at ``{base}/mcp``
+  (streamable HTTP), wrapped in the auth / rate-limit guard;
+* :func:`run_stdio` -> the same tools over stdio, for desktop MCP clients
+  (``nexus mcp APP_REF`` or ``python -m nexus_lab.platform.mcp APP_REF``).
+
+Design
+------
+*Subclass, not the low-level server.* :class:`NexusMCPServer` subclasses
+``MCPServer`` and overrides its public ``list_tools`` / ``call_tool`` plus
+``_tool_input_schema`` (the hook the SDK's streamable-HTTP transport uses to
+validate ``Mcp-Param-*`` headers before dispatch). Everything else - the
+transports, the protocol-version negotiation, the request context, the
+DNS-rebinding protection, and tools added with ``@server.tool()`` (served
+after the deployments, which win on a name clash) - stays the SDK's.
+The SDK's ``ToolManager`` is not used for deployments, so nothing is
+snapshotted at build time and validation is the deployment's own
+(:meth:`InputSchema.validate`, the same one the HTTP API uses).
+
+*Tool shape.* name = the deployment name; description = the deployment's
+``tool_description`` or docstring; ``inputSchema`` = the deployment's input
+schema plus an optional ``session_id`` string (unless the deployment has an
+input of that name, which then stays an input). ``outputSchema`` declares the
+structured result, which is :meth:`Execution.to_dict`::
+
+    {"outputs": {...the agent's answer...}, "session_id": "..." | null, "execution_time_ms": 1.2}
+
+The text content carries the same object as JSON, for clients that ignore
+``structuredContent``.
+
+*Errors.* A deployment that fails (bad input, unknown or foreign session, the
+agent raising) returns a tool result with ``isError: true`` whose text is the
+platform's message - naming the field, or carrying the error id logged
+server-side - never a traceback. An unknown tool name is a protocol error
+(JSON-RPC ``-32602``), as the MCP specification asks.
+
+*HTTP.* ``json_response=True`` (one JSON body per POST; the SSE-response mode
+degrades badly under concurrency) and ``stateless_http=True`` (no MCP
+transport sessions kept in one process's memory, so several workers may
+serve the same URL; conversation state lives in the platform's session
+manager, addressed by the ``session_id`` argument). :class:`MCPGuard` is an
+ASGI middleware in front of the SDK app: it forwards ``lifespan`` events (the
+SDK app's lifespan starts its session manager, and uvicorn only runs the
+outermost app's lifespan), authenticates each HTTP request with ``app.auth``
+(``Authorization: Bearer`` or ``X-API-Key``; 401 JSON otherwise), applies
+``app.rate_limiter`` per request (429 with ``Retry-After`` and
+``X-RateLimit-*``), and stores the principal in the ASGI scope, where the tool
+call reads it back through the SDK's request context
+(``ctx.request_context.request.scope``) and hands it to
+:meth:`Nexus.aexecute`, which enforces session ownership.
+
+*stdio* has no auth (a local child process); the SDK diverts ``sys.stdout``
+to stderr while it serves, so an agent's ``print`` cannot corrupt the protocol,
+and logging goes to stderr.
+
+Example::
+
+    from mcp import Client
+    async with Client(app.mcp_url) as client:          # after app.start(block=False)
+        result = await client.call_tool("assistant", {"query": "hi"})
+        result.structured_content["outputs"]["response"]
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import sys
+import uuid
+from typing import TYPE_CHECKING, Any
+
+from mcp.server import MCPServer
+from mcp.shared.exceptions import MCPError
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
+from mcp_types import Tool as MCPTool
+
+from ..errors import AuthenticationError, NexusError
+
+if TYPE_CHECKING:
+    from .app import Nexus
+    from .deployment import Deployment
+
+__all__ = [
+    "NexusMCPServer",
+    "MCPGuard",
+    "build_mcp_server",
+    "build_mcp_app",
+    "run_stdio",
+    "MCP_PATH",
+    "PRINCIPAL_SCOPE_KEY",
+    "OUTPUT_SCHEMA",
+]
+
+logger = logging.getLogger("nexus_lab.mcp")
+
+#: Path of the streamable-HTTP endpoint inside the MCP server.
+MCP_PATH = "/mcp"
+#: ASGI scope key where :class:`MCPGuard` stores the authenticated principal.
+PRINCIPAL_SCOPE_KEY = "nexus_lab.principal"
+#: The channel name every MCP call is executed and measured under.
+CHANNEL = "mcp"
+SESSION_ARG = "session_id"
+
+_SESSION_PROPERTY = {
+    "type": "string",
+    "description": (
+        "Optional: continue the conversation of this session (any channel's). "
+        "Without it a deployment with sessions starts a new one; its id comes back as session_id."
+    ),
+}
+
+#: JSON Schema of ``structured_content`` on success (:meth:`Execution.to_dict`).
+OUTPUT_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "outputs": {"type": "object", "description": "What the deployment returned."},
+        "session_id": {
+            "type": ["string", "null"],
+            "description": "The session this call read and updated, if any.",
+        },
+        "execution_time_ms": {"type": "number"},
+    },
+    "required": ["outputs", "session_id", "execution_time_ms"],
+}
+
+
+class NexusMCPServer(MCPServer):
+    """An ``MCPServer`` whose tools are the live deployments of a :class:`~nexus_lab.Nexus`."""
+
+    def __init__(self, app: Nexus, **kwargs: Any) -> None:
+        kwargs.setdefault("name", app.title)
+        kwargs.setdefault(
+            "instructions",
+            "Each tool runs a deployed agent or function. Pass session_id to continue a session.",
+        )
+        _construct_quietly(super().__init__, **kwargs)
+        self.nexus = app
+        # name -> (deployment, tool); a redeploy replaces the Deployment object, so
+        # identity tells whether the cached tool is still current.
+        self._tool_cache: dict[str, tuple[Deployment, MCPTool]] = {}
+
+    # -- registry -------------------------------------------------------
+    def _deployment(self, name: str) -> Deployment | None:
+        dep = self.nexus._deployments.get(name)
+        if dep is None or CHANNEL not in dep.channels:
+            return None
+        return dep
+
+    def _tool_for(self, dep: Deployment) -> MCPTool:
+        cached = self._tool_cache.get(dep.name)
+        if cached is not None and cached[0] is dep:
+            return cached[1]
+        schema = dep.schema.json_schema()
+        props = schema.setdefault("properties", {})
+        if SESSION_ARG not in props:
+            props[SESSION_ARG] = dict(_SESSION_PROPERTY)
+        tool = MCPTool(
+            name=dep.name,
+            description=dep.description,
+            input_schema=schema,
+            output_schema=OUTPUT_SCHEMA,
+        )
+        self._tool_cache[dep.name] = (dep, tool)
+        return tool
+
+    async def list_tools(self) -> list[MCPTool]:
+        deployments = [d for d in self.nexus._deployments.values() if CHANNEL in d.channels]
+        tools = [self._tool_for(d) for d in sorted(deployments, key=lambda d: d.name)]
+        names = {t.name for t in tools}
+        stale = set(self._tool_cache) - names
+        for name in stale:
+            self._tool_cache.pop(name, None)
+        tools.extend(t for t in await super().list_tools() if t.name not in names)
+        return tools
+
+    def _tool_input_schema(self, name: str) -> dict[str, Any] | None:
+        dep = self._deployment(name)
+        if dep is not None:
+            return self._tool_for(dep).input_schema
+        return super()._tool_input_schema(name)
+
+    # -- calls ----------------------------------------------------------
+    async def call_tool(self, name: str, arguments: dict[str, Any], context: Any = None) -> Any:
+        dep = self._deployment(name)
+        if dep is None:
+            if self._tool_manager.get_tool(name) is not None:
+                return await super().call_tool(name, arguments, context)
+            available = sorted(n for n, d in self.nexus._deployments.items() if CHANNEL in d.channels)
+            raise MCPError(
+                code=INVALID_PARAMS,
+                message=f"Unknown tool: {name!r} (available: {', '.join(available) or 'none'})",
+            )
+        args = dict(arguments or {})
+        session_id = None
+        if SESSION_ARG not in dep.schema.names:
+            session_id = args.pop(SESSION_ARG, None)
+            if session_id is not None and not isinstance(session_id, str):
+                return _error_result(
+                    f"invalid input {SESSION_ARG!r}: must be a string, got {type(session_id).__name__}"
+                )
+            session_id = session_id or None
+        principal = _principal_of(context)
+        try:
+            execution = await self.nexus.aexecute(
+                name, args, channel=CHANNEL, session_id=session_id, principal=principal
+            )
+        except NexusError as exc:
+            return _error_result(exc.message or exc.error_type)
+        except Exception as exc:  # a platform bug, not the agent's (that is AgentExecutionError)
+            error_id = uuid.uuid4().hex[:12]
+            logger.error("MCP tool %r failed (error id %s)", name, error_id, exc_info=exc)
+            return _error_result(
+                f"tool {name!r} failed with {type(exc).__name__}; see the server log for error id {error_id}"
+            )
+        payload = execution.to_dict()
+        text, payload = _to_json(payload)
+        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
+
+
+def _error_result(message: str) -> CallToolResult:
+    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+
+
+def _to_json(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The JSON text of ``payload`` and a JSON-safe payload (values JSON cannot hold become strings)."""
+    try:
+        return json.dumps(payload, ensure_ascii=False), payload
+    except (TypeError, ValueError):
+        text = json.dumps(payload, ensure_ascii=False, default=str)
+        return text, json.loads(text)
+
+
+def _principal_of(context: Any) -> str | None:
+    """The principal :class:`MCPGuard` put in this HTTP request's scope (None on stdio)."""
+    try:
+        request = context.request_context.request
+    except (AttributeError, ValueError):  # no context, or one built outside a request
+        return None
+    scope = getattr(request, "scope", None)
+    if scope is None:
+        return None
+    return scope.get(PRINCIPAL_SCOPE_KEY)
+
+
+def _construct_quietly(init: Any, **kwargs: Any) -> None:
+    """Run ``MCPServer.__init__`` without its ``logging.basicConfig`` touching the host process.
+
+    The SDK configures the root logger (handler + INFO level) when the root has
+    no handler; inside a notebook or a user's service that would be a global
+    side effect, so a placeholder handler is present for the duration.
+    """
+    root = logging.getLogger()
+    placeholder = None
+    if not root.handlers:
+        placeholder = logging.NullHandler()
+        root.addHandler(placeholder)
+    try:
+        init(**kwargs)
+    finally:
+        if placeholder is not None:
+            root.removeHandler(placeholder)
+
+
+def build_mcp_server(app: Nexus, **kwargs: Any) -> NexusMCPServer:
+    """An ``MCPServer`` exposing ``app``'s MCP deployments as tools (read live from the registry).
+
+    ``kwargs`` go to ``MCPServer`` (``name``, ``instructions``, ...).
+
+    >>> server = build_mcp_server(app)
+    >>> async with Client(server) as c: await c.call_tool("assistant", {"query": "hi"})
+    """
+    return NexusMCPServer(app, **kwargs)
+
+
+# ----------------------------------------------------------------------
+# HTTP
+# ----------------------------------------------------------------------
+class MCPGuard:
+    """ASGI middleware: auth and rate limit per HTTP request, principal into the scope.
+
+    Non-HTTP scopes (``lifespan``) go straight to the wrapped app, so the SDK
+    app's lifespan - which starts its session manager - runs under uvicorn.
+    """
+
+    def __init__(self, app: Any, nexus: Nexus) -> None:
+        self.app = app
+        self.nexus = nexus
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        nexus = self.nexus
+        auth, limiter = nexus.auth, nexus.rate_limiter
+        if auth is None and limiter is None:
+            await self.app(scope, receive, send)
+            return
+        principal: str | None = None
+        if auth is not None:
+            authorization = api_key = None
+            for key, value in scope["headers"]:
+                if key == b"authorization":
+                    authorization = value.decode("latin-1")
+                elif key == b"x-api-key":
+                    api_key = value.decode("latin-1")
+            try:
+                principal = auth.authenticate(authorization, api_key)
+            except AuthenticationError as exc:
+                await _json_error(send, 401, exc.to_dict(), {"WWW-Authenticate": 'Bearer realm="nexus_lab"'})
+                return
+            scope[PRINCIPAL_SCOPE_KEY] = principal
+        if limiter is None:
+            await self.app(scope, receive, send)
+            return
+        client = scope.get("client")
+        bucket = principal or (f"ip:{client[0]}" if client else "anonymous")
+        decision = limiter.check(bucket)
+        rate_headers = decision.headers()
+        if not decision.allowed:
+            body = {
+                "type": "rate_limited",
+                "message": f"rate limit of {decision.limit} requests per minute exceeded; "
+                f"retry in {rate_headers.get('Retry-After', '1')} s",
+            }
+            await _json_error(send, 429, body, rate_headers)
+            return
+        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rate_headers.items()]
+
+        async def send_with_headers(message: dict) -> None:
+            if message["type"] == "http.response.start":
+                message = dict(message)
+                message["headers"] = list(message.get("headers", ())) + extra
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
+
+
+async def _json_error(send: Any, status: int, error: dict, headers: dict[str, str]) -> None:
+    body = json.dumps({"error": error}).encode()
+    raw = [
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ] + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def build_mcp_app(app: Nexus, *, path: str = MCP_PATH) -> MCPGuard:
+    """The ASGI app serving ``app``'s tools over streamable HTTP at ``path`` (``/mcp``).
+
+    Stateless JSON-response mode (see the module docstring), DNS-rebinding
+    protection on loopback binds (the SDK's default for ``127.0.0.1``,
+    ``localhost`` and ``::1``), request bodies capped at ``app.max_body_bytes``,
+    wrapped in :class:`MCPGuard`.
+    """
+    server = build_mcp_server(app)
+    inner = server.streamable_http_app(
+        streamable_http_path=path,
+        json_response=True,
+        stateless_http=True,
+        host=app.host,
+        max_request_body_size=app.max_body_bytes,
+    )
+    return MCPGuard(inner, app)
+
+
+# ----------------------------------------------------------------------
+# stdio
+# ----------------------------------------------------------------------
+def run_stdio(app: Nexus) -> None:
+    """Serve ``app``'s MCP tools over stdin/stdout until the client closes the pipe.
+
+    No auth (the client started this process); sessions use the app's session
+    manager; logs go to stderr, and nothing but the MCP protocol reaches stdout.
+    """
+    root = logging.getLogger()
+    if not root.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+        root.addHandler(handler)
+        root.setLevel(logging.WARNING)
+    server = build_mcp_server(app)
+    try:
+        server.run("stdio")
+    except KeyboardInterrupt:
+        pass
+    finally:
+        close = getattr(app, "close", None)
+        if callable(close):
+            close()
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1 or args[0] in ("-h", "--help"):
+        print("usage: python -m nexus_lab.platform.mcp APP_REF   (module:attr or path/to/file.py:attr)", file=sys.stderr)
+        return 0 if args and args[0] in ("-h", "--help") else 2
+    from .loader import AppRefError, load_app
+
+    try:
+        with contextlib.redirect_stdout(sys.stderr):  # an app printing at import must not break the protocol
+            app = load_app(args[0])
+    except AppRefError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    run_stdio(app)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main())

@@ -1,0 +1,461 @@
+"""``NexusSessionManager``: sessions shared by every channel (API, CLI, MCP).
+
+What it fixes relative to the upstream manager: a real ``session_ttl`` with
+sliding expiry (every get/update moves ``expires_at`` to ``now + ttl``), a
+per-session ttl override, a cleanup thread that actually runs, locks, deep
+copies on read, JSON and size validation on write, a bounded event log per
+session, O(1) metrics, and pluggable stores (memory, SQLite shared by
+processes, Redis later).
+
+Design notes:
+
+* The store keeps the state as JSON text. An update decodes the old text,
+  merges the top-level keys, and encodes once: that single encoding is the
+  JSON check, the size check and the stored form. A read decodes the text,
+  which is the cheapest deep copy there is.
+* Every operation is one atomic ``store.update(session_id, mutate, ...)``
+  call; the mutate function validates before it changes anything, so a
+  rejected update leaves the stored state as it was.
+* Metrics are counters the stores maintain in the same transaction as the
+  change they count, so ``get_session_metrics`` never scans sessions and,
+  with the SQLite store, several processes see the same numbers.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import threading
+import time
+import warnings
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from ..errors import InputValidationError, SessionNotFound, SessionStateError
+from .models import Session, SessionEvent, SessionRecord, decode_json, encode_json
+from .stores import (
+    CHANNEL_PREFIX,
+    COUNTER_CREATED,
+    COUNTER_DELETED,
+    COUNTER_EXPIRED,
+    SessionStore,
+    open_store,
+)
+
+__all__ = ["NexusSessionManager"]
+
+logger = logging.getLogger(__name__)
+
+_MAX_ID_LENGTH = 256
+_ENCODE_ERRORS = (TypeError, ValueError, RecursionError)
+
+
+def _check_positive(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"{name} must be a number of seconds, not {type(value).__name__}")
+    if not value > 0 or value != value or value == float("inf"):
+        raise ValueError(f"{name} must be a positive, finite number of seconds, got {value!r}")
+    return value
+
+
+def _cleanup_loop(ref: weakref.ReferenceType[NexusSessionManager], stop: threading.Event, interval: float) -> None:
+    # Holds only a weak reference, so an abandoned manager can be collected (its __del__ stops us).
+    while not stop.wait(interval):
+        manager = ref()
+        if manager is None:
+            return
+        try:
+            manager.cleanup_expired_sessions()
+        except Exception:  # keep the thread alive; the next round may succeed
+            logger.exception("session cleanup failed")
+        finally:
+            del manager
+
+
+class NexusSessionManager:
+    """Create, share and expire sessions across channels.
+
+    Parameters:
+        cleanup_interval: seconds between runs of the background cleanup
+            thread (floats allowed). ``None`` runs no thread and warns: expired
+            sessions then stay in memory until ``cleanup_expired_sessions()``.
+        session_ttl: default time-to-live in seconds, measured from the last
+            get/update (sliding expiry).
+        store: ``None``/``"memory://"`` (in-process), ``"sqlite:///path.db"``
+            or a path ending in ``.db`` (shared by processes), or a
+            :class:`SessionStore`. The manager closes stores it opened; a
+            store object you pass in stays yours to close.
+        max_state_bytes: limit of a session's state, as compact JSON.
+        max_events: events kept per session (older ones drop off).
+        clock: the time source (``time.time``); tests inject a fake clock.
+
+    Example::
+
+        manager = NexusSessionManager(cleanup_interval=300, session_ttl=7200)
+        session = manager.create_session(user_id="user-123")
+        manager.update_session_state(
+            session.session_id, {"query": "What is AI?", "source": "api"}, channel="api"
+        )
+        state = manager.get_session_state(session.session_id, channel="cli")
+        assert state["query"] == "What is AI?"
+        manager.get_session_metrics()["active_sessions"]   # 1
+        manager.close()                                    # or use `with`
+    """
+
+    def __init__(
+        self,
+        cleanup_interval: float | None = 300,
+        session_ttl: float = 7200,
+        store: SessionStore | str | Any = None,
+        max_state_bytes: int = 65536,
+        max_events: int = 100,
+        *,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._closed = True  # until fully built, so that __del__/close are safe
+        self._thread: threading.Thread | None = None
+        self._stop = threading.Event()
+        self._owns_store = False
+        self.session_ttl = _check_positive("session_ttl", session_ttl)
+        if cleanup_interval is not None:
+            _check_positive("cleanup_interval", cleanup_interval)
+        if isinstance(max_state_bytes, bool) or not isinstance(max_state_bytes, int):
+            raise TypeError(f"max_state_bytes must be an int, not {type(max_state_bytes).__name__}")
+        if max_state_bytes <= 0:
+            raise ValueError(f"max_state_bytes must be positive, got {max_state_bytes}")
+        if isinstance(max_events, bool) or not isinstance(max_events, int):
+            raise TypeError(f"max_events must be an int, not {type(max_events).__name__}")
+        if max_events < 0:
+            raise ValueError(f"max_events must be >= 0, got {max_events}")
+        if not callable(clock):
+            raise TypeError("clock must be a callable returning seconds, like time.time")
+        self.cleanup_interval = cleanup_interval
+        self.max_state_bytes = max_state_bytes
+        self.max_events = max_events
+        self._clock = clock
+        self._channel_incr: dict[str, dict[str, int]] = {}
+        self._owns_store = not isinstance(store, SessionStore)
+        self._store = open_store(store, max_events=max_events)
+        self._store.max_events = max_events
+        self._close_lock = threading.Lock()
+        self._closed = False
+        if cleanup_interval is None:
+            warnings.warn(
+                "NexusSessionManager(cleanup_interval=None) runs no cleanup thread: expired sessions "
+                "stay in the store (a memory leak for the memory store) until you call "
+                "cleanup_expired_sessions(). Pass cleanup_interval=300 (seconds) for automatic cleanup.",
+                UserWarning,
+                stacklevel=2,
+            )
+        else:
+            self._thread = threading.Thread(
+                target=_cleanup_loop,
+                args=(weakref.ref(self), self._stop, float(cleanup_interval)),
+                name="nexus-session-cleanup",
+                daemon=True,
+            )
+            self._thread.start()
+
+    # ------------------------------------------------------------------ helpers
+    @property
+    def store(self) -> SessionStore:
+        """The session store in use."""
+        return self._store
+
+    @property
+    def closed(self) -> bool:
+        """True after :meth:`close`."""
+        return self._closed
+
+    def _incr_for(self, channel: str) -> dict[str, int]:
+        incr = self._channel_incr.get(channel)
+        if incr is None:
+            incr = {CHANNEL_PREFIX + channel: 1}
+            if len(self._channel_incr) < 256:
+                self._channel_incr[channel] = incr
+        return incr
+
+    @staticmethod
+    def _check_channel(channel: Any) -> None:
+        if channel.__class__ is not str or not channel:
+            raise ValueError(f"channel must be a non-empty string such as 'api', 'cli' or 'mcp', got {channel!r}")
+
+    # ------------------------------------------------------------------ lifecycle
+    def create_session(
+        self,
+        user_id: str,
+        session_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: float | None = None,
+        *,
+        channel: str | None = None,
+    ) -> Session:
+        """Create a session for ``user_id`` and return its snapshot.
+
+        ``session_id`` defaults to a random URL-safe token; an id already in
+        use by a live session raises ``ValueError``. ``metadata`` is a
+        JSON-serialisable dict stored with the session. ``ttl`` overrides the
+        manager's ``session_ttl`` for this session. ``channel`` optionally
+        names the creating channel.
+
+        Example::
+
+            s = manager.create_session("user-123", metadata={"plan": "pro"}, ttl=600)
+            s.ttl        # 600
+        """
+        if not isinstance(user_id, str) or not user_id.strip():
+            raise InputValidationError(
+                f"user_id must be a non-empty string, got {user_id!r}", field="user_id"
+            )
+        if session_id is None:
+            sid = secrets.token_urlsafe(16)
+        elif not isinstance(session_id, str) or not session_id.strip() or len(session_id) > _MAX_ID_LENGTH:
+            raise InputValidationError(
+                f"session_id must be a non-empty string of at most {_MAX_ID_LENGTH} characters, "
+                f"got {session_id!r}",
+                field="session_id",
+            )
+        else:
+            sid = session_id
+        if ttl is not None:
+            try:
+                _check_positive("ttl", ttl)
+            except (TypeError, ValueError) as exc:
+                raise InputValidationError(str(exc), field="ttl") from None
+        if channel is not None:
+            self._check_channel(channel)
+        if metadata is None or (isinstance(metadata, Mapping) and not metadata):
+            meta_json = "{}"
+            meta: dict[str, Any] = {}
+        elif not isinstance(metadata, Mapping):
+            raise InputValidationError(
+                f"metadata must be a dict, not {type(metadata).__name__}", field="metadata"
+            )
+        else:
+            try:
+                meta_json = encode_json(dict(metadata))
+            except _ENCODE_ERRORS as exc:
+                raise InputValidationError(
+                    f"metadata must be JSON-serialisable: {exc}", field="metadata"
+                ) from None
+            if len(meta_json) > self.max_state_bytes:
+                raise InputValidationError(
+                    f"metadata is {len(meta_json):,} bytes as JSON, over the "
+                    f"{self.max_state_bytes:,}-byte limit (max_state_bytes)",
+                    field="metadata",
+                )
+            meta = decode_json(meta_json)
+        now = self._clock()
+        effective_ttl = ttl if ttl is not None else self.session_ttl
+        channels = [channel] if channel is not None else []
+        record = SessionRecord(
+            sid, user_id, now, now, now + effective_ttl, ttl, meta_json, channels, {}, "{}"
+        )
+        created = self._store.create(
+            record,
+            now,
+            SessionEvent(now, channel, "create", ()),
+            self._incr_for(channel) if channel is not None else None,
+        )
+        if not created:
+            raise InputValidationError(f"Session {sid!r} already exists", field="session_id")
+        return Session(
+            sid, user_id, now, now, now + effective_ttl, effective_ttl, list(channels), meta, {}, {}
+        )
+
+    def update_session_state(
+        self, session_id: str, updates: Mapping[str, Any], channel: str = "api"
+    ) -> dict[str, Any]:
+        """Merge ``updates`` into the session's state (top-level keys) and return the new state.
+
+        Atomic: a concurrent update of other keys, from this or another
+        process (SQLite store), is never lost. Records ``channel`` as the writer
+        of each key and refreshes the session's expiry. The returned dict is
+        the caller's own: it shares nothing with the store.
+
+        Raises ``SessionNotFound`` (a ``KeyError``) for an unknown or expired
+        session, ``TypeError`` if ``updates`` is not a dict, and
+        ``SessionStateError`` (a ``ValueError``) if the merged state is not
+        JSON-serialisable or is over ``max_state_bytes``; the stored state is
+        then unchanged.
+
+        Example::
+
+            manager.update_session_state(sid, {"query": "What is AI?"}, channel="api")
+        """
+        if not isinstance(updates, dict):
+            if not isinstance(updates, Mapping):
+                raise TypeError(f"updates must be a dict, not {type(updates).__name__}")
+            updates = dict(updates)
+        for key in updates:
+            if key.__class__ is not str:
+                raise SessionStateError(f"Session state keys must be strings, got {key!r}")
+        if channel.__class__ is not str or not channel:
+            self._check_channel(channel)
+        now = self._clock()
+        limit = self.max_state_bytes
+        default_ttl = self.session_ttl
+
+        def mutate(rec: SessionRecord) -> dict[str, Any]:
+            merged = decode_json(rec.state_json)
+            merged.update(updates)
+            try:
+                text = encode_json(merged)
+            except _ENCODE_ERRORS as exc:
+                raise SessionStateError(
+                    f"Session state must be JSON-serialisable (str, int, float, bool, None, "
+                    f"list, dict): {exc}"
+                ) from None
+            if len(text) > limit:
+                raise SessionStateError(
+                    f"Session state would be {len(text):,} bytes as JSON, over the "
+                    f"{limit:,}-byte limit (max_state_bytes); store summaries, not full histories"
+                )
+            rec.state_json = text
+            rec.last_accessed = now
+            rec.expires_at = now + (rec.ttl or default_ttl)
+            writers = rec.writers
+            stamp = (channel, now)
+            for key in updates:
+                writers[key] = stamp
+            if channel not in rec.channels:
+                rec.channels.append(channel)
+            return merged
+
+        return self._store.update(
+            session_id,
+            mutate,
+            now,
+            SessionEvent(now, channel, "update", tuple(updates)),
+            self._incr_for(channel),
+        )
+
+    def get_session_state(self, session_id: str, channel: str | None = None) -> dict[str, Any]:
+        """A deep copy of the session's state; ``{}`` if unknown or expired.
+
+        Refreshes the expiry; with ``channel`` also records the read (event,
+        channel list, channel activity).
+
+        Example::
+
+            state = manager.get_session_state(sid, channel="cli")
+        """
+        if channel is not None and (channel.__class__ is not str or not channel):
+            self._check_channel(channel)
+        now = self._clock()
+        default_ttl = self.session_ttl
+
+        def touch(rec: SessionRecord) -> str:
+            rec.last_accessed = now
+            rec.expires_at = now + (rec.ttl or default_ttl)
+            if channel is not None and channel not in rec.channels:
+                rec.channels.append(channel)
+            return rec.state_json
+
+        try:
+            if channel is None:
+                text = self._store.update(session_id, touch, now)
+            else:
+                text = self._store.update(
+                    session_id, touch, now, SessionEvent(now, channel, "read", ()), self._incr_for(channel)
+                )
+        except SessionNotFound:
+            return {}
+        return decode_json(text)
+
+    def get_session(self, session_id: str) -> Session | None:
+        """A snapshot of the session (refreshing its expiry), or ``None`` if unknown or expired."""
+        now = self._clock()
+        default_ttl = self.session_ttl
+
+        def touch(rec: SessionRecord) -> SessionRecord:
+            rec.last_accessed = now
+            rec.expires_at = now + (rec.ttl or default_ttl)
+            return rec.copy()
+
+        try:
+            rec = self._store.update(session_id, touch, now)
+        except SessionNotFound:
+            return None
+        return Session.from_record(rec, default_ttl)
+
+    def list_sessions(self, user_id: str | None = None) -> list[Session]:
+        """Snapshots of the live sessions (of ``user_id`` if given), oldest first. Touches nothing."""
+        ttl = self.session_ttl
+        return [Session.from_record(r, ttl) for r in self._store.list(user_id, self._clock())]
+
+    def delete_session(self, session_id: str) -> bool:
+        """Delete a live session and its events; ``False`` if unknown or already expired."""
+        return self._store.delete(session_id, self._clock())
+
+    def get_session_events(self, session_id: str) -> list[SessionEvent]:
+        """The session's last ``max_events`` events, oldest first; ``[]`` if unknown or expired."""
+        return self._store.events(session_id, self._clock())
+
+    def cleanup_expired_sessions(self) -> int:
+        """Remove every expired session now; returns how many were removed."""
+        return self._store.delete_expired(self._clock())
+
+    def get_session_metrics(self) -> dict[str, Any]:
+        """Counters, without scanning sessions (O(number of channels)).
+
+        ``active_sessions`` counts the sessions the store holds: an expired
+        session is invisible at once but counted until cleanup removes it.
+
+        Example::
+
+            manager.get_session_metrics()
+            # {'active_sessions': 1, 'total_created': 1, 'expired_cleaned': 0, 'deleted': 0,
+            #  'channel_activity': {'api': 1, 'cli': 1}, 'store': 'memory'}
+        """
+        counters = self._store.counters()
+        n = len(CHANNEL_PREFIX)
+        return {
+            "active_sessions": self._store.count(),
+            "total_created": counters.get(COUNTER_CREATED, 0),
+            "expired_cleaned": counters.get(COUNTER_EXPIRED, 0),
+            "deleted": counters.get(COUNTER_DELETED, 0),
+            "channel_activity": {
+                k[n:]: v for k, v in counters.items() if k.startswith(CHANNEL_PREFIX)
+            },
+            "store": self._store.name,
+        }
+
+    # ------------------------------------------------------------------ shutdown
+    def close(self) -> None:
+        """Stop the cleanup thread and close the store if the manager opened it. Idempotent."""
+        lock = getattr(self, "_close_lock", None)
+        if lock is None:  # __init__ failed early
+            stop = getattr(self, "_stop", None)
+            if stop is not None:
+                stop.set()
+            return
+        with lock:
+            if self._closed:
+                return
+            self._closed = True
+        self._stop.set()
+        thread = self._thread
+        if thread is not None and thread.is_alive() and thread is not threading.current_thread():
+            thread.join(timeout=5)
+        if self._owns_store:
+            self._store.close()
+
+    def __enter__(self) -> NexusSessionManager:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __del__(self) -> None:
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown or a half-built object
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"NexusSessionManager(store={self._store.name!r}, session_ttl={self.session_ttl!r}, "
+            f"cleanup_interval={self.cleanup_interval!r})"
+        )

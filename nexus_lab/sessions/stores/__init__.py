@@ -1,0 +1,267 @@
+"""Session stores: where ``NexusSessionManager`` keeps sessions.
+
+A store is small on purpose so that another backend (Redis, next) is a
+single file. It keeps :class:`~nexus_lab.sessions.models.SessionRecord`
+objects, whose state is JSON text, plus a bounded event log per session and a
+few shared counters. Every mutating call is atomic, and the counters it
+touches change in the same transaction, so several processes sharing one
+store (SQLite file, Redis server) agree on them.
+
+Built-in stores, chosen with :func:`open_store`:
+
+=================================  ==================================================
+``None``, ``"memory://"``          :class:`MemorySessionStore` (one process)
+``"sqlite:///relative/path.db"``   :class:`SQLiteSessionStore`, SQLAlchemy-style URL:
+``"sqlite:////abs/path.db"``       three slashes then the path (four for absolute)
+``"sqlite:///:memory:"``           SQLite in memory (one process)
+``Path("x.db")``, ``"x.db"``       SQLite file at that path (``.db``, ``.sqlite``, ``.sqlite3``)
+``"redis://..."``                  the Redis store, installed with ``nexus-lab[redis]``
+a ``SessionStore`` instance        used as is
+=================================  ==================================================
+
+Standard counter names (every store maintains them itself):
+``total_created`` (on ``create``), ``deleted`` (on ``delete``),
+``expired_cleaned`` (sessions removed by ``delete_expired`` or replaced by a
+``create`` after expiring). Callers add their own through ``incr=``; the
+manager counts channel activity as ``channel:<name>``.
+
+Writing a store: subclass :class:`SessionStore` and implement the abstract
+methods. Expired records (``expires_at <= now``) must be invisible to
+``get``/``update``/``delete``/``list``/``events`` even before
+``delete_expired`` removes them. ``update`` may call ``mutate`` more than
+once under optimistic concurrency (e.g. a Redis ``WATCH`` retry), so the
+function must only touch the record it is given.
+
+Example::
+
+    from nexus_lab.sessions import NexusSessionManager, open_store
+
+    store = open_store("sqlite:///sessions.db")
+    with NexusSessionManager(store=store) as manager:
+        ...
+    store.close()
+"""
+
+from __future__ import annotations
+
+import os
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from ...errors import ConfigError
+from ..models import SessionEvent, SessionRecord
+
+if TYPE_CHECKING:  # pragma: no cover
+    from .memory import MemorySessionStore
+    from .sqlite import SQLiteSessionStore
+
+__all__ = [
+    "SessionStore",
+    "MemorySessionStore",
+    "SQLiteSessionStore",
+    "open_store",
+    "COUNTER_CREATED",
+    "COUNTER_DELETED",
+    "COUNTER_EXPIRED",
+    "CHANNEL_PREFIX",
+]
+
+COUNTER_CREATED = "total_created"
+COUNTER_DELETED = "deleted"
+COUNTER_EXPIRED = "expired_cleaned"
+CHANNEL_PREFIX = "channel:"
+
+T = TypeVar("T")
+
+SUPPORTED = "None or 'memory://', 'sqlite:///path/to.db' (or a path ending in .db), 'sqlite:///:memory:', 'redis://host:port/db'"
+
+
+class SessionStore(ABC):
+    """Where sessions live. Thread safe; atomic per call.
+
+    ``name`` identifies the backend (``"memory"``, ``"sqlite"``, ...) and
+    ``max_events`` bounds each session's event log (the manager sets it).
+
+    Example::
+
+        class MyStore(SessionStore):
+            name = "mine"
+            def create(self, record, now, event=None, incr=None): ...
+            # ... the other abstract methods
+    """
+
+    name: str = "abstract"
+    max_events: int = 100
+
+    @abstractmethod
+    def create(
+        self,
+        record: SessionRecord,
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> bool:
+        """Insert ``record``; ``False`` (nothing written) if a live session has its id.
+
+        An expired record with the same id is replaced (counted as expired_cleaned).
+        Adds 1 to ``total_created`` plus ``incr``, and logs ``event``, atomically.
+        """
+
+    @abstractmethod
+    def get(self, session_id: str, now: float) -> SessionRecord | None:
+        """A snapshot of the live record, or ``None`` (missing or expired). Touches nothing."""
+
+    @abstractmethod
+    def update(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], T],
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> T:
+        """Atomic read-modify-write of one live record.
+
+        ``mutate(record)`` changes the record in place and returns a value that
+        ``update`` returns. If ``mutate`` raises, nothing is written (it must
+        raise before it changes the record) and the exception propagates.
+        On success the record, ``event`` and ``incr`` are written together.
+        Raises :class:`~nexus_lab.errors.SessionNotFound` if the session is
+        missing or expired at ``now``.
+        """
+
+    @abstractmethod
+    def delete(self, session_id: str, now: float) -> bool:
+        """Remove a live session and its events; ``True`` if removed (adds 1 to ``deleted``)."""
+
+    @abstractmethod
+    def list(self, user_id: str | None, now: float) -> list[SessionRecord]:
+        """Snapshots of the live records (of ``user_id`` if given), oldest first."""
+
+    @abstractmethod
+    def events(self, session_id: str, now: float) -> list[SessionEvent]:
+        """The session's last ``max_events`` events, oldest first; ``[]`` if missing/expired."""
+
+    @abstractmethod
+    def delete_expired(self, now: float) -> int:
+        """Remove every record with ``expires_at <= now``; adds the number to expired_cleaned."""
+
+    @abstractmethod
+    def incr(self, counter: str, n: int = 1) -> None:
+        """Add ``n`` to a shared counter."""
+
+    @abstractmethod
+    def counters(self) -> dict[str, int]:
+        """Every counter (``{name: value}``); O(number of counters)."""
+
+    @abstractmethod
+    def count(self) -> int:
+        """Records held, O(1). Expired ones count until ``delete_expired`` removes them."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release resources. Idempotent."""
+
+    def __enter__(self) -> SessionStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}()"
+
+
+def _sqlite_path_from_url(url: str) -> str:
+    rest = url[len("sqlite:") :]
+    if rest in ("", "//"):
+        return ":memory:"
+    if not rest.startswith("///"):
+        raise ConfigError(
+            f"Bad SQLite URL {url!r}: use 'sqlite:///relative/path.db', "
+            "'sqlite:////absolute/path.db' or 'sqlite:///:memory:'",
+            field="store",
+        )
+    path = rest[3:]
+    if not path:
+        raise ConfigError(f"SQLite URL {url!r} names no file", field="store")
+    return path
+
+
+def open_store(store: SessionStore | str | os.PathLike[str] | None = None, *, max_events: int = 100) -> SessionStore:
+    """Return a :class:`SessionStore` for a URL, a path, ``None`` or a store instance.
+
+    Example::
+
+        open_store()                            # MemorySessionStore
+        open_store("sqlite:///data/sessions.db")  # SQLite file data/sessions.db (dirs created)
+        open_store(Path("/tmp/s.db"))            # SQLite file
+
+    An unknown scheme raises :class:`~nexus_lab.errors.ConfigError` (a
+    ``ValueError``) naming the supported ones.
+    """
+    if isinstance(store, SessionStore):
+        return store
+    if store is None:
+        from .memory import MemorySessionStore
+
+        return MemorySessionStore(max_events=max_events)
+    if isinstance(store, os.PathLike):
+        from .sqlite import SQLiteSessionStore
+
+        return SQLiteSessionStore(Path(store), max_events=max_events)
+    if not isinstance(store, str):
+        raise TypeError(
+            f"store must be a SessionStore, a URL string, a path or None, not {type(store).__name__}"
+        )
+    url = store.strip()
+    scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+    if url.lower() in ("memory", "memory://", "memory:") or scheme == "memory":
+        from .memory import MemorySessionStore
+
+        return MemorySessionStore(max_events=max_events)
+    if url.lower().startswith("sqlite:"):
+        from .sqlite import SQLiteSessionStore
+
+        return SQLiteSessionStore(_sqlite_path_from_url(url), max_events=max_events)
+    if scheme in ("redis", "rediss", "unix"):
+        return _open_redis(url, max_events)
+    if not scheme and url.lower().endswith((".db", ".sqlite", ".sqlite3")):
+        from .sqlite import SQLiteSessionStore
+
+        return SQLiteSessionStore(url, max_events=max_events)
+    raise ConfigError(f"Unsupported session store {store!r}; supported: {SUPPORTED}", field="store")
+
+
+def _open_redis(url: str, max_events: int) -> SessionStore:
+    import importlib
+
+    try:
+        module = importlib.import_module(f"{__name__}.redis")
+    except ModuleNotFoundError as exc:
+        if exc.name == f"{__name__}.redis":
+            raise ConfigError(
+                f"The Redis session store ({url.split('://', 1)[0]}://) is not available in this "
+                "version of nexus_lab; it comes with the redis extra (pip install 'nexus-lab[redis]'). "
+                "Use 'sqlite:///path/to.db' to share sessions between processes meanwhile.",
+                field="store",
+            ) from None
+        raise ConfigError(
+            f"The Redis session store needs the redis package: pip install 'nexus-lab[redis]' ({exc})",
+            field="store",
+        ) from exc
+    return module.RedisSessionStore.from_url(url, max_events=max_events)
+
+
+def __getattr__(name: str) -> Any:
+    if name == "MemorySessionStore":
+        from .memory import MemorySessionStore
+
+        return MemorySessionStore
+    if name == "SQLiteSessionStore":
+        from .sqlite import SQLiteSessionStore
+
+        return SQLiteSessionStore
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
