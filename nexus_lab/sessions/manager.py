@@ -59,7 +59,9 @@ def _check_positive(name: str, value: Any) -> float:
     return value
 
 
-def _cleanup_loop(ref: weakref.ReferenceType[NexusSessionManager], stop: threading.Event, interval: float) -> None:
+def _cleanup_loop(
+    ref: weakref.ReferenceType[NexusSessionManager], stop: threading.Event, interval: float
+) -> None:
     # Holds only a weak reference, so an abandoned manager can be collected (its __del__ stops us).
     while not stop.wait(interval):
         manager = ref()
@@ -179,7 +181,9 @@ class NexusSessionManager:
     @staticmethod
     def _check_channel(channel: Any) -> None:
         if channel.__class__ is not str or not channel:
-            raise ValueError(f"channel must be a non-empty string such as 'api', 'cli' or 'mcp', got {channel!r}")
+            raise ValueError(
+                f"channel must be a non-empty string such as 'api', 'cli' or 'mcp', got {channel!r}"
+            )
 
     # ------------------------------------------------------------------ lifecycle
     def create_session(
@@ -210,7 +214,11 @@ class NexusSessionManager:
             )
         if session_id is None:
             sid = secrets.token_urlsafe(16)
-        elif not isinstance(session_id, str) or not session_id.strip() or len(session_id) > _MAX_ID_LENGTH:
+        elif (
+            not isinstance(session_id, str)
+            or not session_id.strip()
+            or len(session_id) > _MAX_ID_LENGTH
+        ):
             raise InputValidationError(
                 f"session_id must be a non-empty string of at most {_MAX_ID_LENGTH} characters, "
                 f"got {session_id!r}",
@@ -358,7 +366,11 @@ class NexusSessionManager:
                 text = self._store.update(session_id, touch, now)
             else:
                 text = self._store.update(
-                    session_id, touch, now, SessionEvent(now, channel, "read", ()), self._incr_for(channel)
+                    session_id,
+                    touch,
+                    now,
+                    SessionEvent(now, channel, "read", ()),
+                    self._incr_for(channel),
                 )
         except SessionNotFound:
             return {}

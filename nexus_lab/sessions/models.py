@@ -71,7 +71,10 @@ def _build_codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
             return obj
 
         sample = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": -0.0, "d": 10**20}, "e": ""}
-        if fast_encode(sample) != public_encode(sample) or fast_decode(public_encode(sample)) != sample:
+        if (
+            fast_encode(sample) != public_encode(sample)
+            or fast_decode(public_encode(sample)) != sample
+        ):
             return public_encode, public_decode
         try:
             fast_encode({"x": float("nan")})

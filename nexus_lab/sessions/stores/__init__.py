@@ -190,7 +190,9 @@ def _sqlite_path_from_url(url: str) -> str:
     return path
 
 
-def open_store(store: SessionStore | str | os.PathLike[str] | None = None, *, max_events: int = 100) -> SessionStore:
+def open_store(
+    store: SessionStore | str | os.PathLike[str] | None = None, *, max_events: int = 100
+) -> SessionStore:
     """Return a :class:`SessionStore` for a URL, a path, ``None`` or a store instance.
 
     Example::

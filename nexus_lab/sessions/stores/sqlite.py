@@ -70,9 +70,7 @@ _SCHEMA = (
     "CREATE TABLE IF NOT EXISTS nexus_session_counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
 )
 
-_COLUMNS = (
-    "session_id, user_id, created_at, last_accessed, expires_at, ttl, metadata, channels, writers, state"
-)
+_COLUMNS = "session_id, user_id, created_at, last_accessed, expires_at, ttl, metadata, channels, writers, state"
 _INCR = (
     "INSERT INTO nexus_session_counters(name, value) VALUES (?, ?) "
     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
@@ -111,7 +109,13 @@ class SQLiteSessionStore(SessionStore):
 
     name = "sqlite"
 
-    def __init__(self, path: str | os.PathLike[str] = ":memory:", *, max_events: int = 100, timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        path: str | os.PathLike[str] = ":memory:",
+        *,
+        max_events: int = 100,
+        timeout: float = 30.0,
+    ) -> None:
         self.max_events = max_events
         self.timeout = float(timeout)
         raw = os.fspath(path)
@@ -142,7 +146,10 @@ class SQLiteSessionStore(SessionStore):
             try:
                 for stmt in _SCHEMA:
                     conn.execute(stmt)
-                conn.execute("INSERT OR IGNORE INTO nexus_session_counters(name, value) VALUES (?, 0)", (_LIVE,))
+                conn.execute(
+                    "INSERT OR IGNORE INTO nexus_session_counters(name, value) VALUES (?, 0)",
+                    (_LIVE,),
+                )
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -188,10 +195,18 @@ class SQLiteSessionStore(SessionStore):
         for item in incr.items():
             conn.execute(_INCR, item)
 
-    def _log(self, conn: sqlite3.Connection, session_id: str, event: SessionEvent, seq: int) -> None:
+    def _log(
+        self, conn: sqlite3.Connection, session_id: str, event: SessionEvent, seq: int
+    ) -> None:
         conn.execute(
             "INSERT INTO nexus_session_events(session_id, ts, channel, action, keys) VALUES (?, ?, ?, ?, ?)",
-            (session_id, event.timestamp, event.channel, event.action, encode_json(list(event.keys))),
+            (
+                session_id,
+                event.timestamp,
+                event.channel,
+                event.action,
+                encode_json(list(event.keys)),
+            ),
         )
         if seq % _TRIM_EVERY == 0:
             self._trim(conn, session_id)
@@ -254,10 +269,14 @@ class SQLiteSessionStore(SessionStore):
 
     def get(self, session_id: str, now: float) -> SessionRecord | None:
         with self._lock:
-            row = self._connection().execute(
-                f"SELECT {_COLUMNS} FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
-                (session_id, now),
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute(
+                    f"SELECT {_COLUMNS} FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
+                    (session_id, now),
+                )
+                .fetchone()
+            )
         return None if row is None else _record(row)
 
     def update(
@@ -302,7 +321,8 @@ class SQLiteSessionStore(SessionStore):
     def delete(self, session_id: str, now: float) -> bool:
         with self._write() as conn:
             cur = conn.execute(
-                "DELETE FROM nexus_sessions WHERE session_id = ? AND expires_at > ?", (session_id, now)
+                "DELETE FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
+                (session_id, now),
             )
             if cur.rowcount != 1:
                 return False
@@ -334,7 +354,8 @@ class SQLiteSessionStore(SessionStore):
         with self._lock:
             conn = self._connection()
             live = conn.execute(
-                "SELECT 1 FROM nexus_sessions WHERE session_id = ? AND expires_at > ?", (session_id, now)
+                "SELECT 1 FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
+                (session_id, now),
             ).fetchone()
             if live is None:
                 return []
@@ -364,16 +385,20 @@ class SQLiteSessionStore(SessionStore):
 
     def counters(self) -> dict[str, int]:
         with self._lock:
-            rows = self._connection().execute(
-                "SELECT name, value FROM nexus_session_counters"
-            ).fetchall()
+            rows = (
+                self._connection()
+                .execute("SELECT name, value FROM nexus_session_counters")
+                .fetchall()
+            )
         return {name: value for name, value in rows if name != _LIVE}
 
     def count(self) -> int:
         with self._lock:
-            row = self._connection().execute(
-                "SELECT value FROM nexus_session_counters WHERE name = ?", (_LIVE,)
-            ).fetchone()
+            row = (
+                self._connection()
+                .execute("SELECT value FROM nexus_session_counters WHERE name = ?", (_LIVE,))
+                .fetchone()
+            )
         return int(row[0]) if row else 0
 
     def close(self) -> None:
