@@ -438,7 +438,12 @@ class Nexus:
 
     @property
     def is_running(self) -> bool:
-        return self._servers is not None and self._servers.is_running
+        """True once both servers accept connections, until :meth:`stop`."""
+        return (
+            self._servers is not None
+            and self._servers.is_running
+            and self._channel_state["api"] == "serving"
+        )
 
     def start(self, block: bool = True) -> None:
         """Serve the API and MCP.
