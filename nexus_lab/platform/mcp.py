@@ -78,10 +78,11 @@ from typing import TYPE_CHECKING, Any
 
 from mcp.server import MCPServer
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST, CallToolResult, TextContent
 from mcp_types import Tool as MCPTool
 
-from ..errors import AuthenticationError, NexusError
+from ..errors import NexusError
+from .guard import PRINCIPAL_SCOPE_KEY, current_principal, guard_request
 
 if TYPE_CHECKING:
     from .app import Nexus
@@ -102,8 +103,6 @@ logger = logging.getLogger("nexus_lab.mcp")
 
 #: Path of the streamable-HTTP endpoint inside the MCP server.
 MCP_PATH = "/mcp"
-#: ASGI scope key where :class:`MCPGuard` stores the authenticated principal.
-PRINCIPAL_SCOPE_KEY = "nexus_lab.principal"
 #: The channel name every MCP call is executed and measured under.
 CHANNEL = "mcp"
 SESSION_ARG = "session_id"
@@ -192,7 +191,9 @@ class NexusMCPServer(MCPServer):
         if dep is None:
             if self._tool_manager.get_tool(name) is not None:
                 return await super().call_tool(name, arguments, context)
-            available = sorted(n for n, d in self.nexus._deployments.items() if CHANNEL in d.channels)
+            available = sorted(
+                n for n, d in self.nexus._deployments.items() if CHANNEL in d.channels
+            )
             raise MCPError(
                 code=INVALID_PARAMS,
                 message=f"Unknown tool: {name!r} (available: {', '.join(available) or 'none'})",
@@ -221,7 +222,9 @@ class NexusMCPServer(MCPServer):
             )
         payload = execution.to_dict()
         text, payload = _to_json(payload)
-        return CallToolResult(content=[TextContent(type="text", text=text)], structured_content=payload)
+        return CallToolResult(
+            content=[TextContent(type="text", text=text)], structured_content=payload
+        )
 
 
 def _error_result(message: str) -> CallToolResult:
@@ -242,10 +245,10 @@ def _principal_of(context: Any) -> str | None:
     try:
         request = context.request_context.request
     except (AttributeError, ValueError):  # no context, or one built outside a request
-        return None
+        return current_principal.get()
     scope = getattr(request, "scope", None)
     if scope is None:
-        return None
+        return current_principal.get()
     return scope.get(PRINCIPAL_SCOPE_KEY)
 
 
@@ -285,8 +288,11 @@ def build_mcp_server(app: Nexus, **kwargs: Any) -> NexusMCPServer:
 class MCPGuard:
     """ASGI middleware: auth and rate limit per HTTP request, principal into the scope.
 
-    Non-HTTP scopes (``lifespan``) go straight to the wrapped app, so the SDK
-    app's lifespan - which starts its session manager - runs under uvicorn.
+    The policy is the platform's (:func:`nexus_lab.platform.guard.guard_request`,
+    shared with the HTTP API). Only the error body differs: it is also a
+    JSON-RPC error (see :func:`_json_error`). Non-HTTP scopes (``lifespan``) go
+    straight to the wrapped app, so the SDK app's lifespan - which starts its
+    session manager - runs under uvicorn.
     """
 
     def __init__(self, app: Any, nexus: Nexus) -> None:
@@ -294,56 +300,51 @@ class MCPGuard:
         self.nexus = nexus
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
         nexus = self.nexus
-        auth, limiter = nexus.auth, nexus.rate_limiter
-        if auth is None and limiter is None:
+        if scope["type"] != "http" or (nexus.auth is None and nexus.rate_limiter is None):
             await self.app(scope, receive, send)
             return
-        principal: str | None = None
-        if auth is not None:
-            authorization = api_key = None
-            for key, value in scope["headers"]:
-                if key == b"authorization":
-                    authorization = value.decode("latin-1")
-                elif key == b"x-api-key":
-                    api_key = value.decode("latin-1")
-            try:
-                principal = auth.authenticate(authorization, api_key)
-            except AuthenticationError as exc:
-                await _json_error(send, 401, exc.to_dict(), {"WWW-Authenticate": 'Bearer realm="nexus_lab"'})
+        try:
+            result = guard_request(nexus, scope["headers"], scope.get("client"))
+        except NexusError as exc:
+            await _json_error(
+                send, exc.http_status, exc.to_dict(), getattr(exc, "headers", None) or {}
+            )
+            return
+        scope[PRINCIPAL_SCOPE_KEY] = result.principal
+        token = current_principal.set(result.principal)
+        try:
+            if not result.headers:
+                await self.app(scope, receive, send)
                 return
-            scope[PRINCIPAL_SCOPE_KEY] = principal
-        if limiter is None:
-            await self.app(scope, receive, send)
-            return
-        client = scope.get("client")
-        bucket = principal or (f"ip:{client[0]}" if client else "anonymous")
-        decision = limiter.check(bucket)
-        rate_headers = decision.headers()
-        if not decision.allowed:
-            body = {
-                "type": "rate_limited",
-                "message": f"rate limit of {decision.limit} requests per minute exceeded; "
-                f"retry in {rate_headers.get('Retry-After', '1')} s",
-            }
-            await _json_error(send, 429, body, rate_headers)
-            return
-        extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in rate_headers.items()]
+            extra = [
+                (k.lower().encode("latin-1"), v.encode("latin-1"))
+                for k, v in result.headers.items()
+            ]
 
-        async def send_with_headers(message: dict) -> None:
-            if message["type"] == "http.response.start":
-                message = dict(message)
-                message["headers"] = list(message.get("headers", ())) + extra
-            await send(message)
+            async def send_with_headers(message: dict) -> None:
+                if message["type"] == "http.response.start":
+                    message = dict(message)
+                    message["headers"] = [*message.get("headers", ()), *extra]
+                await send(message)
 
-        await self.app(scope, receive, send_with_headers)
+            await self.app(scope, receive, send_with_headers)
+        finally:
+            current_principal.reset(token)
 
 
 async def _json_error(send: Any, status: int, error: dict, headers: dict[str, str]) -> None:
-    body = json.dumps({"error": error}).encode()
+    """An HTTP error whose body is both the platform's and a JSON-RPC error.
+
+    ``{"error": {"type", "message"}}`` is the platform-wide shape (same as the
+    HTTP API); ``jsonrpc``/``id``/``error.code``/``error.data`` make the same
+    body a valid JSON-RPC error, which the MCP SDK client surfaces as an
+    ``MCPError`` carrying the message instead of a generic "error response".
+    """
+    err = dict(error)
+    err["code"] = INVALID_REQUEST
+    err["data"] = {"type": error.get("type"), "http_status": status}
+    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": err}).encode()
     raw = [
         (b"content-type", b"application/json"),
         (b"content-length", str(len(body)).encode()),
@@ -379,6 +380,7 @@ def run_stdio(app: Nexus) -> None:
 
     No auth (the client started this process); sessions use the app's session
     manager; logs go to stderr, and nothing but the MCP protocol reaches stdout.
+    The caller still owns ``app`` (close it afterwards).
     """
     root = logging.getLogger()
     if not root.handlers:
@@ -391,26 +393,29 @@ def run_stdio(app: Nexus) -> None:
         server.run("stdio")
     except KeyboardInterrupt:
         pass
-    finally:
-        close = getattr(app, "close", None)
-        if callable(close):
-            close()
 
 
 def _main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] in ("-h", "--help"):
-        print("usage: python -m nexus_lab.platform.mcp APP_REF   (module:attr or path/to/file.py:attr)", file=sys.stderr)
+        print(
+            "usage: python -m nexus_lab.platform.mcp APP_REF   (module:attr or path/to/file.py:attr)",
+            file=sys.stderr,
+        )
         return 0 if args and args[0] in ("-h", "--help") else 2
     from .loader import AppRefError, load_app
 
     try:
-        with contextlib.redirect_stdout(sys.stderr):  # an app printing at import must not break the protocol
+        # an app printing while it is imported must not break the protocol
+        with contextlib.redirect_stdout(sys.stderr):
             app = load_app(args[0])
     except AppRefError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    run_stdio(app)
+    try:
+        run_stdio(app)
+    finally:
+        app.close()
     return 0
 
 
