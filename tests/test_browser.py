@@ -162,7 +162,7 @@ def test_quickstart_runs_in_jupyterlab(jupyterlab):
                 )
             # a call's answer appears (the mock provider echoes the query)
             page.wait_for_function(
-                """() => Array.from(document.querySelectorAll('.jp-OutputArea .nexus-call-response'))
+                """() => Array.from(document.querySelectorAll('.jp-OutputArea .nexus-call .nexus-response'))
                            .some(el => el.textContent.includes('You said: What is AI?'))""",
                 timeout=120_000,
             )

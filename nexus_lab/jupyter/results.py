@@ -1,0 +1,399 @@
+"""The objects the ``%nexus`` magics return.
+
+Each has a rich ``_repr_html_`` for notebooks and a *stable* ``repr``: no
+session ids, ports, URLs, addresses, timestamps or durations, so notebook
+outputs compare equal from run to run (nbval compares ``text/plain`` and
+``text/html``). Volatile values stay available as attributes
+(``CallResult.session_id``, ``PlatformStatus.api_url``, ...).
+
+================  ==============================================  =========================
+class             returned by                                     volatile parts in HTML
+================  ==============================================  =========================
+CallResult        ``%nexus call``, ``%%nexus call``               none
+PlatformStatus    ``%nexus start``, ``stop``, ``status``          URLs (while serving)
+SessionTable      ``%nexus sessions``                             none
+MetricsSummary    ``%nexus metrics``                              the latency figures
+MetricsChart      ``%nexus metrics --plot`` without ipywidgets    (a PNG)
+================  ==============================================  =========================
+
+None of these classes imports IPython.
+
+Example::
+
+    r = %nexus call assistant query="hi"
+    r                  # CallResult(name='assistant', channel='api', response='[mock:mock-model] You said: hi')
+    r.session_id       # '5d1c...' (or None for a deployment without sessions)
+    r.outputs          # {'response': '[mock:mock-model] You said: hi'}
+    r.json             # {'outputs': {...}, 'session_id': ..., 'execution_time_ms': ...}
+"""
+
+from __future__ import annotations
+
+import html
+import json
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "CallResult",
+    "PlatformStatus",
+    "SessionRow",
+    "SessionTable",
+    "MetricsSummary",
+    "MetricsChart",
+]
+
+_esc = html.escape
+
+#: How each transport is named in a result.
+TRANSPORTS = ("http", "mcp", "cli", "in-process")
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, indent=2, ensure_ascii=False, default=str, sort_keys=False)
+
+
+# --------------------------------------------------------------------------- calls
+@dataclass(repr=False)
+class CallResult:
+    """The answer of one ``%nexus call``.
+
+    Attributes:
+        name: the deployment called.
+        channel: ``"api"``, ``"mcp"`` or ``"cli"``.
+        transport: how the call travelled: ``"http"`` (the API server),
+            ``"mcp"`` (the MCP server, SDK client), ``"cli"`` (a ``nexus run``
+            subprocess) or ``"in-process"`` (``app.execute``: the platform was
+            not running).
+        outputs: the deployment's outputs (a dict).
+        session_id: the session the call ran in (None without sessions).
+        json: the whole wire answer ``{"outputs", "session_id", "execution_time_ms"}``.
+        execution_time_ms: server-side execution time, when reported.
+    """
+
+    name: str
+    channel: str
+    transport: str
+    outputs: dict[str, Any]
+    session_id: str | None = None
+    json: dict[str, Any] = field(default_factory=dict)
+    execution_time_ms: float | None = None
+
+    @property
+    def response(self) -> Any:
+        """The ``response`` output (None when the deployment has no such output)."""
+        return self.outputs.get("response") if isinstance(self.outputs, dict) else None
+
+    @property
+    def in_process(self) -> bool:
+        """True when the call ran in this kernel because the platform was not serving."""
+        return self.transport == "in-process"
+
+    def __getitem__(self, key: str) -> Any:
+        return self.outputs[key]
+
+    def __str__(self) -> str:
+        value = self.response
+        if isinstance(value, str):
+            return value
+        return _dumps(self.outputs if value is None else value)
+
+    def __repr__(self) -> str:
+        via = ", via='in-process'" if self.in_process else ""
+        if isinstance(self.outputs, dict) and "response" in self.outputs:
+            shown = f"response={self.outputs['response']!r}"
+        else:
+            shown = f"outputs={self.outputs!r}"
+        return f"CallResult(name={self.name!r}, channel={self.channel!r}{via}, {shown})"
+
+    def _repr_html_(self) -> str:
+        value = self.response
+        if isinstance(value, str):
+            body = f"<div class='nexus-response' style='white-space:pre-wrap'>{_esc(value)}</div>"
+        else:
+            body = f"<pre>{_esc(_dumps(self.outputs if value is None else value))}</pre>"
+        via = {
+            "http": "HTTP API",
+            "mcp": "MCP server",
+            "cli": "<code>nexus run</code>",
+            "in-process": "in-process (platform not running)",
+        }.get(self.transport, _esc(self.transport))
+        session = (
+            "session: yes (id in <code>.session_id</code>)" if self.session_id else "no session"
+        )
+        return (
+            "<div class='nexus-call'>"
+            f"<div><b>{_esc(self.name)}</b> &middot; channel <code>{_esc(self.channel)}</code>"
+            f" &middot; {via}</div>{body}"
+            f"<div style='opacity:.7;font-size:smaller'>{session}</div></div>"
+        )
+
+
+# --------------------------------------------------------------------------- platform
+@dataclass(repr=False)
+class PlatformStatus:
+    """State of a platform's channels, returned by ``%nexus start|stop|status``.
+
+    Attributes:
+        state: ``"serving"``, ``"stopped"``, ``"failed"`` or ``"not started"``.
+        channels: ``{channel: {"state", "url", "deployments", ...}}`` from
+            :meth:`Nexus.channel_status`.
+        deployments: the registered deployment names.
+        api_url, mcp_url: where the servers listen (None when not serving).
+        health: the full :meth:`Nexus.health_check` document.
+    """
+
+    state: str
+    channels: dict[str, dict[str, Any]]
+    deployments: list[str]
+    api_url: str | None = None
+    mcp_url: str | None = None
+    health: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_app(cls, app: Any) -> PlatformStatus:
+        health = app.health_check()
+        channels = health.get("channels") or app.channel_status()
+        states = {c.get("state") for c in channels.values()}
+        if app.is_running:
+            state = "serving"
+        elif "failed" in states:
+            state = "failed"
+        elif "stopped" in states:
+            state = "stopped"
+        else:
+            state = "not started"
+        return cls(
+            state=state,
+            channels=channels,
+            deployments=list(health.get("deployments", [])),
+            api_url=app.api_url,
+            mcp_url=app.mcp_url,
+            health=health,
+        )
+
+    @property
+    def is_running(self) -> bool:
+        return self.state == "serving"
+
+    def __repr__(self) -> str:
+        states = {name: info.get("state") for name, info in self.channels.items()}
+        return (
+            f"PlatformStatus(state={self.state!r}, channels={states!r}, "
+            f"deployments={self.deployments!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        rows = []
+        for name, info in self.channels.items():
+            url = info.get("url")
+            where = f"<code>{_esc(str(url))}</code>" if url else "&mdash;"
+            if name == "cli" and url:
+                where = f"<code>nexus run NAME --url {_esc(str(url))}</code>"
+            error = info.get("error")
+            state = _esc(str(info.get("state")))
+            if error:
+                state += f" <small>({_esc(str(error))})</small>"
+            deps = ", ".join(info.get("deployments") or []) or "&mdash;"
+            rows.append(
+                f"<tr><td>{_esc(name)}</td><td>{state}</td><td>{where}</td>"
+                f"<td>{_esc(deps) if deps != '&mdash;' else deps}</td></tr>"
+            )
+        return (
+            f"<div class='nexus-status'><b>nexus platform</b>: {_esc(self.state)}"
+            "<table><thead><tr><th>channel</th><th>state</th><th>address</th>"
+            f"<th>deployments</th></tr></thead><tbody>{''.join(rows)}</tbody></table></div>"
+        )
+
+
+# --------------------------------------------------------------------------- sessions
+@dataclass(frozen=True, repr=False)
+class SessionRow:
+    """One session as ``%nexus sessions`` shows it (the id is kept, not shown)."""
+
+    user: str
+    channels: tuple[str, ...]
+    keys: tuple[str, ...]
+    turns: int
+    session_id: str
+
+    def __repr__(self) -> str:
+        return (
+            f"SessionRow(user={self.user!r}, channels={list(self.channels)!r}, "
+            f"keys={list(self.keys)!r}, turns={self.turns!r})"
+        )
+
+
+class SessionTable:
+    """The sessions of a platform, oldest first (``%nexus sessions``).
+
+    Iterable and indexable (rows are :class:`SessionRow`); ``.session_ids``
+    lists the ids and ``.sessions`` the :class:`~nexus_lab.sessions.Session`
+    snapshots.
+    """
+
+    def __init__(self, sessions: list[Any], user: str | None = None) -> None:
+        self.sessions = sorted(sessions, key=lambda s: (s.created_at, s.session_id))
+        self.user = user
+        self.rows = [
+            SessionRow(
+                user=s.user_id,
+                channels=tuple(s.channels),
+                keys=tuple(s.keys),
+                turns=_turns(s.state),
+                session_id=s.session_id,
+            )
+            for s in self.sessions
+        ]
+
+    @property
+    def session_ids(self) -> list[str]:
+        return [r.session_id for r in self.rows]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def __iter__(self) -> Iterator[SessionRow]:
+        return iter(self.rows)
+
+    def __getitem__(self, index: int) -> SessionRow:
+        return self.rows[index]
+
+    def __repr__(self) -> str:
+        who = f", user={self.user!r}" if self.user is not None else ""
+        head = f"SessionTable({len(self.rows)} session{'s' if len(self.rows) != 1 else ''}{who})"
+        lines = [head]
+        for r in self.rows:
+            lines.append(
+                f"  user={r.user!r} channels={list(r.channels)!r} keys={list(r.keys)!r} turns={r.turns}"
+            )
+        return "\n".join(lines)
+
+    def _repr_html_(self) -> str:
+        if not self.rows:
+            who = f" for user <code>{_esc(self.user)}</code>" if self.user is not None else ""
+            return f"<p class='nexus-sessions'><b>Sessions</b>: none{who}</p>"
+        body = "".join(
+            f"<tr><td>{_esc(r.user)}</td><td>{_esc(', '.join(r.channels)) or '&mdash;'}</td>"
+            f"<td>{_esc(', '.join(r.keys)) or '&mdash;'}</td><td>{r.turns}</td></tr>"
+            for r in self.rows
+        )
+        return (
+            "<table class='nexus-sessions'><caption>Sessions</caption><thead><tr><th>user</th>"
+            "<th>channels</th><th>state keys</th><th>turns</th></tr></thead>"
+            f"<tbody>{body}</tbody></table>"
+        )
+
+
+def _turns(state: Mapping[str, Any]) -> int:
+    turns = state.get("turns") if isinstance(state, Mapping) else None
+    return turns if isinstance(turns, int) and not isinstance(turns, bool) else 0
+
+
+# --------------------------------------------------------------------------- metrics
+class MetricsSummary:
+    """The platform's latency summary (``%nexus metrics``).
+
+    ``summary`` is :meth:`PerformanceMetrics.get_summary` (seconds) by
+    category (``api``, ``cli``, ``mcp``, ``workflow:NAME``); ``metrics`` is the
+    live :class:`~nexus_lab.metrics.PerformanceMetrics`. The ``repr`` shows
+    only call counts (and error counts), which do not vary between runs.
+    """
+
+    def __init__(self, metrics: Any, monitoring: bool = True) -> None:
+        self.metrics = metrics
+        self.monitoring = bool(monitoring)
+        self.summary: dict[str, dict[str, Any]] = dict(sorted(metrics.get_summary().items()))
+
+    @property
+    def counts(self) -> dict[str, int]:
+        return {k: int(v["count"]) for k, v in self.summary.items()}
+
+    @property
+    def errors(self) -> dict[str, int]:
+        return {k: int(v["errors"]) for k, v in self.summary.items() if v.get("errors")}
+
+    def to_dataframe(self) -> Any:
+        """One row per category (needs pandas)."""
+        return self.metrics.summary_dataframe()
+
+    def __repr__(self) -> str:
+        errors = self.errors
+        extra = f", errors={errors!r}" if errors else ""
+        return f"MetricsSummary(monitoring={self.monitoring!r}, counts={self.counts!r}{extra})"
+
+    def _repr_html_(self) -> str:
+        note = ""
+        if not self.monitoring:
+            note = (
+                "<p><b>monitoring is off</b>: create the app with "
+                "<code>Nexus(enable_monitoring=True)</code> to record calls.</p>"
+            )
+        if not self.summary:
+            return note + "<p><b>Metrics</b>: no calls recorded yet</p>"
+        head = "".join(
+            f"<th>{h}</th>"
+            for h in ("category", "calls", "errors", "mean ms", "p50 ms", "p95 ms", "p99 ms")
+        )
+        body = []
+        for name, s in self.summary.items():
+            cells = [
+                _esc(name),
+                str(s["count"]),
+                str(s["errors"]),
+                *(f"{s[k] * 1000:.2f}" for k in ("mean", "median", "p95", "p99")),
+            ]
+            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        return (
+            f"{note}<table class='nexus-metrics'><thead><tr>{head}</tr></thead>"
+            f"<tbody>{''.join(body)}</tbody></table>"
+        )
+
+
+class MetricsChart:
+    """A static PNG chart of latency per category (``%nexus metrics --plot`` fallback).
+
+    Rendered with matplotlib's Agg canvas (no pyplot, no GUI); ``png`` holds
+    the bytes. Shown as ``image/png`` in a notebook.
+    """
+
+    def __init__(self, summary: Mapping[str, Mapping[str, Any]]) -> None:
+        self.categories = sorted(summary)
+        self.png = _render_png(summary)
+
+    def _repr_png_(self) -> bytes:
+        return self.png
+
+    def __repr__(self) -> str:
+        return f"MetricsChart(categories={self.categories!r})"
+
+
+def _render_png(summary: Mapping[str, Mapping[str, Any]]) -> bytes:
+    import io
+
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    names = sorted(summary)
+    fig = Figure(figsize=(6.4, 0.6 + 0.45 * max(1, len(names))), dpi=100)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    if names:
+        ys = list(range(len(names)))
+        p50 = [summary[n]["median"] * 1000 for n in names]
+        p95 = [summary[n]["p95"] * 1000 for n in names]
+        ax.barh([y + 0.2 for y in ys], p50, height=0.4, label="p50")
+        ax.barh([y - 0.2 for y in ys], p95, height=0.4, label="p95")
+        ax.set_yticks(ys)
+        ax.set_yticklabels(names)
+        ax.invert_yaxis()
+        ax.set_xlabel("latency (ms)")
+        ax.legend(loc="lower right")
+    else:
+        ax.text(0.5, 0.5, "no calls recorded yet", ha="center", va="center")
+        ax.set_axis_off()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return buf.getvalue()
