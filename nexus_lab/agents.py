@@ -145,6 +145,11 @@ class BaseAgent:
     channel. A parameter named ``session_state`` is not an input: the
     platform fills it with the caller's session state.
 
+    The servers run a sync ``process`` in a worker thread. An agent may also
+    define ``async def aprocess(...)`` with the same parameters; the servers
+    then await it on the event loop instead (no thread per call), while
+    ``process`` stays the plain Python API.
+
     Example::
 
         class Summarizer(BaseAgent):
@@ -190,6 +195,13 @@ class BaseAgent:
             messages, model=cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens
         )
 
+    async def acomplete(self, messages: list[dict[str, str]]) -> str:
+        """Async :meth:`complete` (providers without an async client use a worker thread)."""
+        cfg = self.config
+        return await self.provider.acomplete(
+            messages, model=cfg.model, temperature=cfg.temperature, max_tokens=cfg.max_tokens
+        )
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(llm_provider={self.config.llm_provider!r}, model={self.config.model!r})"
 
@@ -208,6 +220,14 @@ class AIAssistant(BaseAgent):
     tool_description = "Answer a question with the configured LLM; pass session_id to continue a conversation."
 
     def process(self, query: str, session_state: dict | None = None) -> dict[str, Any]:
+        return {"response": self.complete(self._messages(query, session_state))}
+
+    async def aprocess(self, query: str, session_state: dict | None = None) -> dict[str, Any]:
+        """The same as :meth:`process`, without a worker thread: the platform's servers
+        call this, so an assistant waiting on its LLM never holds a thread."""
+        return {"response": await self.acomplete(self._messages(query, session_state))}
+
+    def _messages(self, query: str, session_state: dict | None) -> list[dict[str, str]]:
         if not isinstance(query, str) or not query.strip():
             raise InputValidationError("query must be a non-empty string", field="query")
         messages: list[dict[str, str]] = [{"role": "system", "content": self.config.system_prompt}]
@@ -218,7 +238,7 @@ class AIAssistant(BaseAgent):
                 if turn.get("response"):
                     messages.append({"role": "assistant", "content": str(turn["response"])})
         messages.append({"role": "user", "content": query})
-        return {"response": self.complete(messages)}
+        return messages
 
 
 # -- config checks ------------------------------------------------------

@@ -50,10 +50,13 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
-from typing import Any, Callable, NoReturn
+import threading
+from collections.abc import Callable, Iterator
+from typing import Any, NoReturn
 
 import click
 
@@ -70,6 +73,7 @@ __all__ = [
     "EXIT_AUTH",
     "EXIT_RATE_LIMITED",
     "wait_until_stopped",
+    "shutdown_signals",
 ]
 
 EXIT_OK = 0
@@ -151,8 +155,10 @@ class _Client:
             headers["Authorization"] = f"Bearer {self.api_key}"
         target = self.url + path
         try:
-            with httpx.Client(timeout=self.timeout, trust_env=False) as client:
-                resp = client.request(method, target, json=json_body, params=params, headers=headers)
+            with httpx.Client(timeout=self.timeout, trust_env=not _is_loopback(self.url)) as client:
+                resp = client.request(
+                    method, target, json=json_body, params=params, headers=headers
+                )
         except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
             raise CliError(
                 f"cannot reach the nexus server at {self.url} ({_reason(exc)}); start one with "
@@ -168,7 +174,8 @@ class _Client:
             raise CliError(f"invalid --url {self.url!r}: {exc}", EXIT_USAGE) from None
         except httpx.TransportError as exc:
             raise CliError(
-                f"connection to {self.url} failed: {type(exc).__name__}: {_reason(exc)}", EXIT_SERVER
+                f"connection to {self.url} failed: {type(exc).__name__}: {_reason(exc)}",
+                EXIT_SERVER,
             ) from None
         try:
             body = resp.json()
@@ -211,6 +218,17 @@ class _Client:
         return CliError(message, code)
 
 
+def _is_loopback(url: str) -> bool:
+    """True for a local server: proxy settings from the environment are then ignored."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = (urlsplit(url).hostname or "").lower()
+    except ValueError:
+        return False
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
 def _reason(exc: BaseException) -> str:
     text = str(exc).strip()
     if "Connection refused" in text or "Errno 111" in text:
@@ -221,16 +239,27 @@ def _reason(exc: BaseException) -> str:
 def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """--url, --api-key and --timeout, shared by every command that talks HTTP."""
     fn = click.option(
-        "--timeout", type=click.FloatRange(min=0, min_open=True), envvar="NEXUS_TIMEOUT",
-        default=DEFAULT_TIMEOUT, show_default=True, metavar="S",
+        "--timeout",
+        type=click.FloatRange(min=0, min_open=True),
+        envvar="NEXUS_TIMEOUT",
+        default=DEFAULT_TIMEOUT,
+        show_default=True,
+        metavar="S",
         help="Seconds to wait for the server ($NEXUS_TIMEOUT).",
     )(fn)
     fn = click.option(
-        "--api-key", envvar="NEXUS_API_KEY", default=None, metavar="KEY",
+        "--api-key",
+        envvar="NEXUS_API_KEY",
+        default=None,
+        metavar="KEY",
         help="API key, sent as 'Authorization: Bearer KEY' ($NEXUS_API_KEY).",
     )(fn)
     fn = click.option(
-        "--url", envvar="NEXUS_URL", default=DEFAULT_URL, show_default=True, metavar="URL",
+        "--url",
+        envvar="NEXUS_URL",
+        default=DEFAULT_URL,
+        show_default=True,
+        metavar="URL",
         help="Base URL of the nexus server ($NEXUS_URL).",
     )(fn)
     return fn
@@ -254,9 +283,11 @@ def _items(body: Any, key: str) -> list[Any]:
 def _table(headers: list[str], rows: list[list[str]]) -> str:
     widths = [len(h) for h in headers]
     for row in rows:
-        widths = [max(w, len(c)) for w, c in zip(widths, row)]
-    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths)).rstrip()]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in rows]
+        widths = [max(w, len(c)) for w, c in zip(widths, row, strict=True)]
+    lines = ["  ".join(h.upper().ljust(w) for h, w in zip(headers, widths, strict=True)).rstrip()]
+    lines += [
+        "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows
+    ]
     return "\n".join(lines)
 
 
@@ -273,7 +304,9 @@ def _version() -> str:
     epilog=_EPILOG,
     context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100},
 )
-@click.version_option(_version(), "-V", "--version", prog_name="nexus", message="%(prog)s %(version)s")
+@click.version_option(
+    _version(), "-V", "--version", prog_name="nexus", message="%(prog)s %(version)s"
+)
 def cli() -> None:
     """nexus: run AI agents deployed on a nexus_lab platform, and serve them.
 
@@ -282,16 +315,20 @@ def cli() -> None:
     """
 
 
-def _parse_inputs(json_input: str | None, pairs: tuple[str, ...], query: str | None) -> dict[str, Any]:
+def _parse_inputs(
+    json_input: str | None, pairs: tuple[str, ...], query: str | None
+) -> dict[str, Any]:
     inputs: dict[str, Any] = {}
     if json_input is not None:
         try:
             data = json.loads(json_input)
         except ValueError as exc:
-            raise click.BadParameter(f"not valid JSON ({exc})", param_hint="'--json-input'") from None
+            raise click.BadParameter(
+                f"not valid JSON ({exc})", param_hint="'--json-input'"
+            ) from None
         if not isinstance(data, dict):
             raise click.BadParameter(
-                f"must be a JSON object like '{{\"query\": \"hi\"}}', got {type(data).__name__}",
+                f'must be a JSON object like \'{{"query": "hi"}}\', got {type(data).__name__}',
                 param_hint="'--json-input'",
             )
         inputs.update(data)
@@ -310,11 +347,17 @@ def _parse_inputs(json_input: str | None, pairs: tuple[str, ...], query: str | N
 @click.argument("name")
 @click.option("-q", "--query", default=None, help="Text for the 'query' input.")
 @click.option(
-    "-i", "--input", "pairs", multiple=True, metavar="KEY=VALUE",
+    "-i",
+    "--input",
+    "pairs",
+    multiple=True,
+    metavar="KEY=VALUE",
     help="An input value (repeatable); the server converts it to the input's type.",
 )
 @click.option("--json-input", default=None, metavar="JSON", help="Inputs as a JSON object.")
-@click.option("-s", "--session", "session_id", default=None, metavar="ID", help="Session to continue.")
+@click.option(
+    "-s", "--session", "session_id", default=None, metavar="ID", help="Session to continue."
+)
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the whole JSON response.")
 def run(name, query, pairs, json_input, session_id, url, api_key, timeout, as_json) -> None:
@@ -363,7 +406,7 @@ def _fmt_inputs(inputs: Any) -> str:
     return ", ".join(parts)
 
 
-@cli.command("list", epilog=_EPILOG)
+@cli.command("list")
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON listing.")
 def list_(url, api_key, timeout, as_json) -> None:
@@ -381,16 +424,18 @@ def list_(url, api_key, timeout, as_json) -> None:
         if not isinstance(it, dict):
             continue
         channels = it.get("channels") or []
-        rows.append([
-            str(it.get("name", "")),
-            ",".join(channels) if isinstance(channels, list) else str(channels),
-            ("yes" if it.get("sessions") else "no"),
-            _fmt_inputs(it.get("inputs")),
-        ])
+        rows.append(
+            [
+                str(it.get("name", "")),
+                ",".join(channels) if isinstance(channels, list) else str(channels),
+                ("yes" if it.get("sessions") else "no"),
+                _fmt_inputs(it.get("inputs")),
+            ]
+        )
     click.echo(_table(["name", "channels", "sessions", "inputs"], rows))
 
 
-@cli.command(epilog=_EPILOG)
+@cli.command()
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON health document.")
 def health(url, api_key, timeout, as_json) -> None:
@@ -426,11 +471,13 @@ def health(url, api_key, timeout, as_json) -> None:
         if "uptime_seconds" in body:
             click.echo(f"uptime: {body['uptime_seconds']} s")
     if status not in ("healthy", "ok"):
-        raise CliError(f"the platform at {client.url} is {status} (HTTP {status_code})", EXIT_SERVER)
+        raise CliError(
+            f"the platform at {client.url} is {status} (HTTP {status_code})", EXIT_SERVER
+        )
 
 
 # -- sessions ------------------------------------------------------------
-@cli.group(epilog=_EPILOG)
+@cli.group()
 def sessions() -> None:
     """List, create, show and delete sessions on the server."""
 
@@ -443,7 +490,7 @@ def _fmt_time(value: Any) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(value))
 
 
-@sessions.command("list", epilog=_EPILOG)
+@sessions.command("list")
 @click.option("--user", "user_id", default=None, help="Only this user's sessions.")
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON listing.")
@@ -461,17 +508,19 @@ def sessions_list(user_id, url, api_key, timeout, as_json) -> None:
     rows = []
     for it in items:
         channels = it.get("channels") or []
-        rows.append([
-            str(it.get("session_id", it.get("id", ""))),
-            str(it.get("user_id", "")),
-            ",".join(map(str, channels)) if isinstance(channels, list) else str(channels),
-            _fmt_time(it.get("last_accessed")),
-            _fmt_time(it.get("expires_at")),
-        ])
+        rows.append(
+            [
+                str(it.get("session_id", it.get("id", ""))),
+                str(it.get("user_id", "")),
+                ",".join(map(str, channels)) if isinstance(channels, list) else str(channels),
+                _fmt_time(it.get("last_accessed")),
+                _fmt_time(it.get("expires_at")),
+            ]
+        )
     click.echo(_table(["session", "user", "channels", "last accessed", "expires"], rows))
 
 
-@sessions.command("create", epilog=_EPILOG)
+@sessions.command("create")
 @click.option("--user", "user_id", default=None, help="Owner of the session (default: the caller).")
 @_client_options
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON response.")
@@ -488,7 +537,7 @@ def sessions_create(user_id, url, api_key, timeout, as_json) -> None:
     click.echo(sid or _dump(resp))
 
 
-@sessions.command("show", epilog=_EPILOG)
+@sessions.command("show")
 @click.argument("session_id")
 @_client_options
 def sessions_show(session_id, url, api_key, timeout) -> None:
@@ -497,7 +546,7 @@ def sessions_show(session_id, url, api_key, timeout) -> None:
     click.echo(_dump(body, pretty=True))
 
 
-@sessions.command("delete", epilog=_EPILOG)
+@sessions.command("delete")
 @click.argument("session_id")
 @_client_options
 def sessions_delete(session_id, url, api_key, timeout) -> None:
@@ -516,19 +565,40 @@ def _load(app_ref: str) -> Any:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-def wait_until_stopped(app: Any) -> None:
-    """Block the main thread until Ctrl-C, SIGTERM or the servers stop, then stop ``app``."""
+@contextlib.contextmanager
+def shutdown_signals() -> Iterator[threading.Event]:
+    """Turn SIGINT/SIGTERM into an event while the block runs (main thread only).
+
+    Install it before a slow start-up so that a signal arriving meanwhile is
+    not lost (a background process starts with SIGINT ignored) and stops the
+    platform as soon as it is up. A second signal raises KeyboardInterrupt,
+    to get out of a start-up that hangs.
+    """
     import signal
-    import threading
 
     stop = threading.Event()
     previous: dict[int, Any] = {}
-    if threading.current_thread() is threading.main_thread():
-        def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-            stop.set()
 
+    def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGINT, signal.SIGTERM):
             previous[sig] = signal.signal(sig, _handler)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def wait_until_stopped(app: Any, stop: threading.Event | None = None) -> None:
+    """Block until Ctrl-C, SIGTERM (or ``stop`` is set) or the servers end, then stop ``app``."""
+    if stop is None:
+        with shutdown_signals() as event:
+            return wait_until_stopped(app, event)
     try:
         while not stop.wait(0.2):
             if not app.is_running:
@@ -536,9 +606,8 @@ def wait_until_stopped(app: Any) -> None:
     except KeyboardInterrupt:
         pass
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
         app.stop()
+    return None
 
 
 def _start_error(exc: BaseException) -> NoReturn:
@@ -546,20 +615,40 @@ def _start_error(exc: BaseException) -> NoReturn:
 
     if isinstance(exc, NexusError):
         raise CliError(str(exc), EXIT_SERVER) from None
-    raise CliError(f"the platform failed to start: {type(exc).__name__}: {exc}", EXIT_SERVER) from None
+    raise CliError(
+        f"the platform failed to start: {type(exc).__name__}: {exc}", EXIT_SERVER
+    ) from None
 
 
-@cli.command(epilog=_EPILOG)
+@cli.command()
 @click.argument("app_ref", metavar="APP_REF")
 @click.option("--host", default=None, help="Bind address (default: the app's, 127.0.0.1).")
-@click.option("--api-port", type=click.IntRange(0, 65535), default=None,
-              help="API port; 0 picks a free one (default: the app's, 8000).")
-@click.option("--mcp-port", type=click.IntRange(0, 65535), default=None,
-              help="MCP port; 0 picks a free one (default: the app's, 3001).")
-@click.option("--sessions", "sessions_url", default=None, metavar="URL",
-              help="Session store, e.g. sqlite:///.nexus/sessions.db (replaces the app's).")
-@click.option("--log-level", type=click.Choice(["debug", "info", "warning", "error"]),
-              default="info", show_default=True, help="Server log level (stderr).")
+@click.option(
+    "--api-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="API port; 0 picks a free one (default: the app's, 8000).",
+)
+@click.option(
+    "--mcp-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="MCP port; 0 picks a free one (default: the app's, 3001).",
+)
+@click.option(
+    "--sessions",
+    "sessions_url",
+    default=None,
+    metavar="URL",
+    help="Session store, e.g. sqlite:///.nexus/sessions.db (replaces the app's).",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["debug", "info", "warning", "error"]),
+    default="info",
+    show_default=True,
+    help="Server log level (stderr).",
+)
 def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
     """Serve APP_REF's HTTP API and MCP until Ctrl-C or SIGTERM.
 
@@ -570,34 +659,36 @@ def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
     import logging
 
     logging.basicConfig(
-        level=log_level.upper(), stream=sys.stderr,
+        level=log_level.upper(),
+        stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
-    app = _load(app_ref)
-    if host is not None:
-        app.host = host
-    if api_port is not None:
-        app.api_port = api_port
-    if mcp_port is not None:
-        app.mcp_port = mcp_port
-    if sessions_url:
-        _replace_sessions(app, sessions_url)
-    try:
-        app.start(block=False)
-    except Exception as exc:
-        _start_error(exc)
-    names = ", ".join(sorted(app.deployments)) or "none"
-    click.echo(f"nexus_lab serving {app_ref} (deployments: {names})")
-    click.echo(f"API: {app.api_url}")
-    click.echo(f"MCP: {app.mcp_url}")
-    if sessions_url:
-        click.echo(f"sessions: {sessions_url}")
-    click.echo("Press Ctrl-C to stop.")
-    sys.stdout.flush()
-    try:
-        wait_until_stopped(app)
-    finally:
-        app.close()
+    with shutdown_signals() as stop:
+        app = _load(app_ref)
+        if host is not None:
+            app.host = host
+        if api_port is not None:
+            app.api_port = api_port
+        if mcp_port is not None:
+            app.mcp_port = mcp_port
+        if sessions_url:
+            _replace_sessions(app, sessions_url)
+        try:
+            app.start(block=False)
+        except Exception as exc:
+            _start_error(exc)
+        names = ", ".join(sorted(app.deployments)) or "none"
+        click.echo(f"nexus_lab serving {app_ref} (deployments: {names})")
+        click.echo(f"API: {app.api_url}")
+        click.echo(f"MCP: {app.mcp_url}")
+        if sessions_url:
+            click.echo(f"sessions: {sessions_url}")
+        click.echo("Press Ctrl-C to stop.")
+        sys.stdout.flush()
+        try:
+            wait_until_stopped(app, stop)
+        finally:
+            app.close()
     click.echo("stopped", err=True)
 
 
@@ -623,7 +714,7 @@ def _replace_sessions(app: Any, url: str) -> None:
                 pass
 
 
-@cli.command(epilog=_EPILOG)
+@cli.command()
 @click.argument("app_ref", metavar="APP_REF")
 def mcp(app_ref) -> None:
     """Serve APP_REF's deployments as MCP tools over stdio.
@@ -646,8 +737,13 @@ def mcp(app_ref) -> None:
         app.close()
 
 
-@cli.command(context_settings={"ignore_unknown_options": True, "allow_extra_args": True,
-                               "help_option_names": []})
+@cli.command(
+    context_settings={
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "help_option_names": [],
+    }
+)
 @click.argument("args", nargs=-1, type=click.UNPROCESSED)
 def demo(args) -> None:
     """Run the demo: an assistant with sessions, then the platform (try --help)."""

@@ -115,6 +115,24 @@ class LLMProvider(ABC):
     ) -> str:
         """Answer the conversation ``messages``; raise ``ProviderError`` on failure."""
 
+    async def acomplete(
+        self,
+        messages: list[dict],
+        *,
+        model: str,
+        temperature: float = 0.7,
+        max_tokens: int = 1000,
+    ) -> str:
+        """Async :meth:`complete`. The default runs ``complete`` in a worker thread;
+        providers that are pure CPU (``mock``) or have an async client override it."""
+        import asyncio
+        import functools
+
+        call = functools.partial(
+            self.complete, messages, model=model, temperature=temperature, max_tokens=max_tokens
+        )
+        return await asyncio.get_running_loop().run_in_executor(None, call)
+
     def close(self) -> None:  # noqa: B027 - optional hook, not abstract
         """Release network clients, if any."""
 
@@ -143,6 +161,11 @@ class MockProvider(LLMProvider):
 
     def __init__(self, **_ignored: Any) -> None:
         pass
+
+    async def acomplete(self, messages: list[dict], *, model: str, temperature: float = 0.7,
+                        max_tokens: int = 1000) -> str:
+        """Pure CPU and instant: answered on the event loop, no worker thread."""
+        return self.complete(messages, model=model, temperature=temperature, max_tokens=max_tokens)
 
     def complete(
         self,

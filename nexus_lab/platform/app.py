@@ -81,6 +81,7 @@ class Nexus:
             (an in-memory manager is created on first use when omitted).
         max_body_bytes: largest accepted request body on the API.
         deploy_cache_size: entries kept by this app's deployment cache.
+        worker_threads: threads that run sync agents, so a slow agent never blocks the server.
     """
 
     def __init__(
@@ -97,6 +98,7 @@ class Nexus:
         *,
         max_body_bytes: int = 1024 * 1024,
         deploy_cache_size: int = 128,
+        worker_threads: int = 40,
         title: str = "nexus_lab",
     ) -> None:
         self.api_port = _check_port("api_port", api_port)
@@ -125,6 +127,10 @@ class Nexus:
         self._cache_hits = 0
         self._cache_misses = 0
         self._servers: Any = None  # nexus_lab.platform.server.ServerGroup when started
+        self._executor: Any = None  # ThreadPoolExecutor for sync agents, created on first use
+        if not isinstance(worker_threads, int) or isinstance(worker_threads, bool) or worker_threads < 1:
+            raise ConfigError("worker_threads must be a positive integer", field="worker_threads")
+        self.worker_threads = worker_threads
         self._channel_state = {c: "registered" for c in CHANNELS}
         self._channel_error: dict[str, str] = {}
         self.started_at = time.time()
@@ -320,14 +326,14 @@ class Nexus:
         """Async :meth:`execute`: a sync agent runs in a worker thread, an async one on the loop."""
         dep = self.get_deployment(name, channel)
         if not dep.compiled.is_async:
-            import anyio.to_thread
+            import asyncio
+            import functools
 
-            return await anyio.to_thread.run_sync(
-                lambda: self.execute(
-                    name, inputs, channel=channel, session_id=session_id,
-                    principal=principal, coerce_strings=coerce_strings,
-                )
+            call = functools.partial(
+                self.execute, name, inputs, channel=channel, session_id=session_id,
+                principal=principal, coerce_strings=coerce_strings,
             )
+            return await asyncio.get_running_loop().run_in_executor(self._worker_pool(), call)
         dep, values, manager, session_id, state = self._prepare(
             name, inputs, channel, session_id, principal, coerce_strings
         )
@@ -345,6 +351,20 @@ class Nexus:
             if self.enable_monitoring:
                 self._record(name, channel, elapsed, ok)
         return self._finish(dep, values, outputs, manager, session_id, state, channel, elapsed)
+
+    def _worker_pool(self):
+        """The thread pool sync agents run in (about half the per-call cost of anyio's hop here)."""
+        pool = self._executor
+        if pool is None:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with self._lock:
+                if self._executor is None:
+                    self._executor = ThreadPoolExecutor(
+                        max_workers=self.worker_threads, thread_name_prefix="nexus-agent"
+                    )
+                pool = self._executor
+        return pool
 
     def _prepare(self, name, inputs, channel, session_id, principal, coerce_strings):
         if not isinstance(channel, str) or not channel:
@@ -500,8 +520,11 @@ class Nexus:
                 self._channel_error.pop(ch, None)
 
     def close(self) -> None:
-        """Stop serving and close the session manager this app created itself."""
+        """Stop serving, release the worker threads and the session manager this app created."""
         self.stop()
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
         if self._owns_session_manager and self._session_manager is not None:
             self._session_manager.close()
 

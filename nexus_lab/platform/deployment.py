@@ -68,6 +68,8 @@ class Compiled:
     description: str
     accepts_state: bool
     is_async: bool
+    #: The agent has an ``async def aprocess`` twin of ``process`` (awaited by the servers).
+    has_twin: bool = False
 
     @classmethod
     def build(cls, target: Any) -> Compiled:
@@ -81,8 +83,17 @@ class Compiled:
             schema=schema,
             description=_description(target, fn),
             accepts_state=SESSION_STATE_PARAM in params,
-            is_async=inspect.iscoroutinefunction(fn),
+            is_async=inspect.iscoroutinefunction(fn) or _async_twin(target) is not None,
+            has_twin=_async_twin(target) is not None,
         )
+
+
+def _async_twin(target: Any) -> Callable[..., Any] | None:
+    """An agent's ``async def aprocess`` (same inputs as ``process``), if it has one."""
+    fn = getattr(target, "aprocess", None)
+    if fn is not None and inspect.iscoroutinefunction(fn) and callable(getattr(target, "process", None)):
+        return fn
+    return None
 
 
 def _title(target: Any, fn: Callable[..., Any]) -> str:
@@ -132,7 +143,7 @@ class Deployment:
         return result
 
     async def acall(self, values: dict[str, Any], session_state: dict[str, Any] | None) -> Any:
-        fn = _callable_of(self.target)
+        fn = self.target.aprocess if self.compiled.has_twin else _callable_of(self.target)
         kwargs = dict(values)
         if self.compiled.accepts_state:
             kwargs[SESSION_STATE_PARAM] = session_state or {}

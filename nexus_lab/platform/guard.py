@@ -97,7 +97,9 @@ def _client_host(client: Any) -> str:
     return str(host) if host else "unknown"
 
 
-def authenticate_request(app: Nexus, headers: Mapping[str, str] | list, client: Any = None) -> str | None:
+def authenticate_request(
+    app: Nexus, headers: Mapping[str, str] | list, client: Any = None
+) -> str | None:
     """The principal (user id) of a request, or None when ``app.auth`` is off.
 
     ``headers``: a Starlette ``Headers``, a dict, or the raw ASGI header list.
@@ -168,7 +170,9 @@ class GuardMiddleware:
     the app has neither auth nor a rate limiter, requests pass straight through.
     """
 
-    def __init__(self, asgi_app: Any, nexus: Nexus, exempt_paths: Iterable[str] = ("/health",)) -> None:
+    def __init__(
+        self, asgi_app: Any, nexus: Nexus, exempt_paths: Iterable[str] = ("/health",)
+    ) -> None:
         self.asgi_app = asgi_app
         self.nexus = nexus
         self.exempt = frozenset(exempt_paths)

@@ -301,6 +301,15 @@ class MCPGuard:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         nexus = self.nexus
+        if scope["type"] == "http" and scope["method"] == "GET":
+            # Stateless JSON mode has no server-initiated messages: a GET would open an
+            # SSE stream that never sends nor ends (and holds up graceful shutdown).
+            await _json_error(
+                send, 405,
+                {"type": "method_not_allowed", "message": "use POST for MCP requests (stateless JSON mode; no SSE stream)"},
+                {"Allow": "POST, DELETE"},
+            )
+            return
         if scope["type"] != "http" or (nexus.auth is None and nexus.rate_limiter is None):
             await self.app(scope, receive, send)
             return
