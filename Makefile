@@ -3,6 +3,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip --disable-pip-version-check -q
+# Notebooks call `!nexus ...`: the kernel must find the venv's console script.
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+NBVAL  := --nbval --nbval-current-env --nbval-sanitize-with notebooks/nbval-sanitize.cfg
 
 .PHONY: demo test lab lint bench clean system-deps
 
@@ -27,7 +30,7 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 test: $(VENV)/.stamp-dev system-deps
-	$(BIN)/python -m pytest tests notebooks
+	$(BIN)/python -m pytest $(NBVAL) tests notebooks
 
 lint: $(VENV)/.stamp-dev
 	$(BIN)/ruff check nexus_lab tests benchmarks
