@@ -364,7 +364,8 @@ def run(name, query, pairs, json_input, session_id, url, api_key, timeout, as_js
     """Run deployment NAME and print its answer.
 
     Inputs merge --json-input, then --input pairs, then --query (as 'query').
-    The answer goes to stdout, the session id to stderr.
+    The answer goes to stdout, the session id to stderr ('session: ID');
+    --json prints the whole response (session id included) instead.
     """
     inputs = _parse_inputs(json_input, pairs, query)
     body: dict[str, Any] = {"inputs": inputs}
