@@ -386,7 +386,11 @@ class Nexus:
 
     def _finish(self, dep, values, outputs, manager, session_id, state, channel, elapsed) -> Execution:
         if manager is not None and session_id is not None:
-            manager.update_session_state(session_id, session_update(values, outputs, state, channel), channel=channel)
+            # computed from the state current at write time, atomically: concurrent calls on one
+            # session (from any channel or process) never lose a turn
+            manager.apply_session_update(
+                session_id, lambda current: session_update(values, outputs, current, channel), channel=channel
+            )
         return Execution(dep.name, outputs, session_id, elapsed * 1000.0, channel)
 
     def _record(self, name: str, channel: str, elapsed: float, ok: bool) -> None:

@@ -75,6 +75,12 @@ def _cleanup_loop(
             del manager
 
 
+def _check_keys(updates: Mapping[str, Any]) -> None:
+    for key in updates:
+        if key.__class__ is not str:
+            raise SessionStateError(f"Session state keys must be strings, got {key!r}")
+
+
 class NexusSessionManager:
     """Create, share and expire sessions across channels.
 
@@ -296,18 +302,51 @@ class NexusSessionManager:
             if not isinstance(updates, Mapping):
                 raise TypeError(f"updates must be a dict, not {type(updates).__name__}")
             updates = dict(updates)
-        for key in updates:
-            if key.__class__ is not str:
-                raise SessionStateError(f"Session state keys must be strings, got {key!r}")
+        _check_keys(updates)
+        return self._merge(session_id, None, updates, channel)
+
+    def apply_session_update(
+        self,
+        session_id: str,
+        compute: Callable[[dict[str, Any]], Mapping[str, Any]],
+        channel: str = "api",
+    ) -> dict[str, Any]:
+        """Like :meth:`update_session_state`, with the updates computed from the
+        current state inside the same atomic read-modify-write.
+
+        Use it for counters and histories that several channels may update at
+        once (the platform does, for ``turns`` and ``history``). ``compute``
+        receives a private copy of the state and returns the keys to merge; it
+        may run more than once on a store that retries (Redis), so keep it pure.
+
+        Example::
+
+            manager.apply_session_update(sid, lambda s: {"turns": s.get("turns", 0) + 1})
+        """
+        if not callable(compute):
+            raise TypeError(f"compute must be callable, not {type(compute).__name__}")
+        return self._merge(session_id, compute, None, channel)
+
+    def _merge(self, session_id, compute, updates, channel) -> dict[str, Any]:
         if channel.__class__ is not str or not channel:
             self._check_channel(channel)
         now = self._clock()
         limit = self.max_state_bytes
         default_ttl = self.session_ttl
+        event = SessionEvent(now, channel, "update", tuple(updates) if updates is not None else ())
 
         def mutate(rec: SessionRecord) -> dict[str, Any]:
             merged = decode_json(rec.state_json)
-            merged.update(updates)
+            if compute is None:
+                upd = updates
+            else:
+                upd = compute(decode_json(rec.state_json))
+                if not isinstance(upd, Mapping):
+                    raise TypeError(f"compute must return a dict, not {type(upd).__name__}")
+                upd = dict(upd)
+                _check_keys(upd)
+                event.keys = tuple(upd)
+            merged.update(upd)
             try:
                 text = encode_json(merged)
             except _ENCODE_ERRORS as exc:
@@ -325,19 +364,13 @@ class NexusSessionManager:
             rec.expires_at = now + (rec.ttl or default_ttl)
             writers = rec.writers
             stamp = (channel, now)
-            for key in updates:
+            for key in upd:
                 writers[key] = stamp
             if channel not in rec.channels:
                 rec.channels.append(channel)
             return merged
 
-        return self._store.update(
-            session_id,
-            mutate,
-            now,
-            SessionEvent(now, channel, "update", tuple(updates)),
-            self._incr_for(channel),
-        )
+        return self._store.update(session_id, mutate, now, event, self._incr_for(channel))
 
     def get_session_state(self, session_id: str, channel: str | None = None) -> dict[str, Any]:
         """A deep copy of the session's state; ``{}`` if unknown or expired.
