@@ -295,23 +295,12 @@ class Nexus:
         coerce_strings: bool = False,
     ) -> Execution:
         """Like :meth:`invoke`, returning an :class:`Execution` (outputs, session id, time)."""
-        dep, values, manager, session_id, state = self._prepare(
-            name, inputs, channel, session_id, principal, coerce_strings
-        )
-        start = time.perf_counter()
-        ok = False
+        call = self._prepare(name, inputs, channel, session_id, principal, coerce_strings)
         try:
-            outputs = normalize_outputs(dep.call(values, state))
-            ok = True
-        except NexusError:
-            raise
+            result = call.dep.call(call.values, call.state)
         except Exception as exc:
-            raise self._agent_error(name, exc) from exc
-        finally:
-            elapsed = time.perf_counter() - start
-            if self.enable_monitoring:
-                self._record(name, channel, elapsed, ok)
-        return self._finish(dep, values, outputs, manager, session_id, state, channel, elapsed)
+            raise self._failed(call, exc) from exc
+        return self._finish(call, result)
 
     async def aexecute(
         self,
@@ -334,23 +323,12 @@ class Nexus:
                 principal=principal, coerce_strings=coerce_strings,
             )
             return await asyncio.get_running_loop().run_in_executor(self._worker_pool(), call)
-        dep, values, manager, session_id, state = self._prepare(
-            name, inputs, channel, session_id, principal, coerce_strings
-        )
-        start = time.perf_counter()
-        ok = False
+        call = self._prepare(name, inputs, channel, session_id, principal, coerce_strings)
         try:
-            outputs = normalize_outputs(await dep.acall(values, state))
-            ok = True
-        except NexusError:
-            raise
+            result = await call.dep.acall(call.values, call.state)
         except Exception as exc:
-            raise self._agent_error(name, exc) from exc
-        finally:
-            elapsed = time.perf_counter() - start
-            if self.enable_monitoring:
-                self._record(name, channel, elapsed, ok)
-        return self._finish(dep, values, outputs, manager, session_id, state, channel, elapsed)
+            raise self._failed(call, exc) from exc
+        return self._finish(call, result)
 
     def _worker_pool(self):
         """The thread pool sync agents run in (about half the per-call cost of anyio's hop here)."""
@@ -382,9 +360,22 @@ class Nexus:
         elif dep.session_manager is not None:
             manager = dep.session_manager
             session_id = manager.create_session(user_id=principal or "anonymous").session_id
-        return dep, values, manager, session_id, state
+        return _Call(dep, values, manager, session_id, state, channel)
 
-    def _finish(self, dep, values, outputs, manager, session_id, state, channel, elapsed) -> Execution:
+    def _failed(self, call: _Call, exc: Exception) -> Exception:
+        """Record a failed call; an agent's own exception becomes an AgentExecutionError."""
+        if self.enable_monitoring:
+            self._record(call.dep.name, call.channel, time.perf_counter() - call.start, False)
+        return exc if isinstance(exc, NexusError) else self._agent_error(call.dep.name, exc)
+
+    def _finish(self, call: _Call, result: Any) -> Execution:
+        elapsed = time.perf_counter() - call.start
+        dep, values, manager, session_id, channel = (
+            call.dep, call.values, call.manager, call.session_id, call.channel
+        )
+        if self.enable_monitoring:
+            self._record(dep.name, channel, elapsed, True)
+        outputs = normalize_outputs(result)
         if manager is not None and session_id is not None:
             # computed from the state current at write time, atomically: concurrent calls on one
             # session (from any channel or process) never lose a turn
@@ -553,6 +544,17 @@ class Nexus:
         from ..jupyter.reprs import nexus_html
 
         return nexus_html(self)
+
+
+class _Call:
+    """One prepared call: what ``_prepare`` resolved, and when the agent started."""
+
+    __slots__ = ("dep", "values", "manager", "session_id", "state", "channel", "start")
+
+    def __init__(self, dep, values, manager, session_id, state, channel) -> None:
+        self.dep, self.values, self.manager = dep, values, manager
+        self.session_id, self.state, self.channel = session_id, state, channel
+        self.start = time.perf_counter()
 
 
 def _cache_key(name: str, target: Any) -> tuple | None:
