@@ -54,8 +54,7 @@ import contextlib
 import json
 import os
 import sys
-import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -72,7 +71,6 @@ __all__ = [
     "EXIT_INVALID",
     "EXIT_AUTH",
     "EXIT_RATE_LIMITED",
-    "wait_until_stopped",
     "shutdown_signals",
 ]
 
@@ -566,49 +564,11 @@ def _load(app_ref: str) -> Any:
         raise CliError(str(exc), EXIT_USAGE) from None
 
 
-@contextlib.contextmanager
-def shutdown_signals() -> Iterator[threading.Event]:
-    """Turn SIGINT/SIGTERM into an event while the block runs (main thread only).
+def shutdown_signals():
+    """See :func:`nexus_lab.platform.server.shutdown_signals` (imported lazily: it loads the platform)."""
+    from .platform.server import shutdown_signals as _signals
 
-    Install it before a slow start-up so that a signal arriving meanwhile is
-    not lost (a background process starts with SIGINT ignored) and stops the
-    platform as soon as it is up. A second signal raises KeyboardInterrupt,
-    to get out of a start-up that hangs.
-    """
-    import signal
-
-    stop = threading.Event()
-    previous: dict[int, Any] = {}
-
-    def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001
-        if stop.is_set():
-            raise KeyboardInterrupt
-        stop.set()
-
-    if threading.current_thread() is threading.main_thread():
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            previous[sig] = signal.signal(sig, _handler)
-    try:
-        yield stop
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def wait_until_stopped(app: Any, stop: threading.Event | None = None) -> None:
-    """Block until Ctrl-C, SIGTERM (or ``stop`` is set) or the servers end, then stop ``app``."""
-    if stop is None:
-        with shutdown_signals() as event:
-            return wait_until_stopped(app, event)
-    try:
-        while not stop.wait(0.2):
-            if not app.is_running:
-                break
-    except KeyboardInterrupt:
-        pass
-    finally:
-        app.stop()
-    return None
+    return _signals()
 
 
 def _start_error(exc: BaseException) -> NoReturn:
@@ -687,7 +647,7 @@ def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
         click.echo("Press Ctrl-C to stop.")
         sys.stdout.flush()
         try:
-            wait_until_stopped(app, stop)
+            app.wait(stop)
         finally:
             app.close()
     click.echo("stopped", err=True)
@@ -723,7 +683,6 @@ def mcp(app_ref) -> None:
     Only MCP protocol messages go to stdout; anything the app prints while
     loading goes to stderr.
     """
-    import contextlib
     import logging
 
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)

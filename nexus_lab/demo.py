@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
     except (NexusError, ValueError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    from .cli import shutdown_signals
+    from .platform.server import shutdown_signals
 
     try:
         with shutdown_signals() as stop:  # a Ctrl-C during start-up is not lost
@@ -254,9 +254,7 @@ def _run(app: Nexus, args: argparse.Namespace, store: str | None, stop: threadin
 
     print("\nPress Ctrl-C to stop.")
     sys.stdout.flush()
-    from .cli import wait_until_stopped
-
-    wait_until_stopped(app, stop)
+    app.wait(stop)
     print("stopped")
     return 0
 

@@ -28,6 +28,10 @@ __all__ = [
     "RateLimitExceeded",
     "AgentExecutionError",
     "PortInUseError",
+    "BadRequest",
+    "Forbidden",
+    "NotFound",
+    "PayloadTooLarge",
 ]
 
 
@@ -166,3 +170,31 @@ class PortInUseError(NexusError, OSError):
         super().__init__(f"Port {port} on {host} is already in use; pass another port or 0 for a free one")
         self.host = host
         self.port = port
+
+
+class BadRequest(NexusError):
+    """Malformed request: invalid JSON, a bad header (HTTP 400)."""
+
+    http_status = 400
+    error_type = "bad_request"
+
+
+class Forbidden(NexusError):
+    """Authenticated, but not allowed to act for that user (HTTP 403)."""
+
+    http_status = 403
+    error_type = "forbidden"
+
+
+class NotFound(NexusError):
+    """A route or resource that does not exist (HTTP 404)."""
+
+    http_status = 404
+    error_type = "not_found"
+
+
+class PayloadTooLarge(NexusError):
+    """Request body over ``max_body_bytes`` (HTTP 413)."""
+
+    http_status = 413
+    error_type = "payload_too_large"

@@ -484,10 +484,20 @@ class Nexus:
             raise
         self._set_state("serving")
         if block:
-            try:
-                group.wait()
-            finally:
-                self.stop()
+            self.wait()
+
+    def wait(self, stop: threading.Event | None = None) -> None:
+        """Block until Ctrl-C, SIGTERM, :meth:`stop` from another thread (or ``stop`` is
+        set), then stop serving. ``start(block=True)`` is ``start(block=False)`` + ``wait()``.
+
+        >>> app.start(block=False); print(app.api_url); app.wait()
+        """
+        group = self._servers
+        try:
+            if group is not None:
+                group.wait(stop)
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         """Stop serving (idempotent); in-flight requests finish first."""

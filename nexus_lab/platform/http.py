@@ -48,7 +48,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from ..errors import InputValidationError, NexusError, SessionNotFound
+from ..errors import (
+    BadRequest,
+    Forbidden,
+    InputValidationError,
+    NexusError,
+    NotFound,
+    PayloadTooLarge,
+    SessionNotFound,
+)
 from .guard import PRINCIPAL_SCOPE_KEY, GuardMiddleware
 
 if TYPE_CHECKING:
@@ -63,32 +71,6 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=st
 _EXEC_KEYS = frozenset(("inputs", "session_id"))
 _SESSION_KEYS = frozenset(("user_id", "metadata", "ttl"))
 _EXPECTED = 'expected a JSON object {"inputs": {...}, "session_id": "..." (optional)}'
-
-
-class BadRequest(NexusError):
-    """Malformed request: invalid JSON, a bad header (HTTP 400)."""
-
-    http_status = 400
-    error_type = "bad_request"
-
-
-class PayloadTooLarge(NexusError):
-    """Request body over ``max_body_bytes`` (HTTP 413)."""
-
-    http_status = 413
-    error_type = "payload_too_large"
-
-
-class Forbidden(NexusError):
-    """Authenticated, but not allowed to act for that user (HTTP 403)."""
-
-    http_status = 403
-    error_type = "forbidden"
-
-
-class NotFound(NexusError):
-    http_status = 404
-    error_type = "not_found"
 
 
 # ----------------------------------------------------------------------------- helpers

@@ -10,12 +10,14 @@ gracefully (in-flight requests finish) and joins the thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
 import signal
 import socket
 import threading
 import time
+from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 from ..errors import PortInUseError
@@ -23,7 +25,7 @@ from ..errors import PortInUseError
 if TYPE_CHECKING:
     from .app import Nexus
 
-__all__ = ["ServerGroup", "bind_socket"]
+__all__ = ["ServerGroup", "bind_socket", "shutdown_signals"]
 
 logger = logging.getLogger("nexus_lab.server")
 
@@ -162,22 +164,50 @@ class ServerGroup:
                 self._thread.join(5)
         self._stopped.set()
 
-    def wait(self) -> None:
-        """Block the calling (main) thread until Ctrl-C, SIGTERM or :meth:`stop`."""
-        stop = threading.Event()
-        previous: dict[int, Any] = {}
-        if threading.current_thread() is threading.main_thread():
-            def _handler(signum, frame):  # noqa: ARG001
-                logger.info("received signal %s, shutting down", signum)
-                stop.set()
-
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                previous[sig] = signal.signal(sig, _handler)
+    def wait(self, stop: threading.Event | None = None) -> None:
+        """Block until Ctrl-C, SIGTERM, ``stop`` is set, or the servers end."""
+        if stop is None:
+            with shutdown_signals() as event:
+                return self.wait(event)
         try:
-            while not stop.is_set() and not self._stopped.is_set():
-                stop.wait(0.2)
+            while not stop.wait(0.2) and not self._stopped.is_set():
+                pass
         except KeyboardInterrupt:
             pass
-        finally:
-            for sig, handler in previous.items():
-                signal.signal(sig, handler)
+        return None
+
+
+@contextlib.contextmanager
+def shutdown_signals() -> Iterator[threading.Event]:
+    """Turn SIGINT/SIGTERM into an event while the block runs (main thread only).
+
+    Install it before a slow start-up so that a signal arriving meanwhile is
+    not lost (a background process starts with SIGINT ignored) and stops the
+    platform as soon as it is up. A second signal raises KeyboardInterrupt,
+    to get out of a start-up that hangs. Elsewhere than the main thread it
+    installs nothing and the event is only set by the caller.
+
+    Example::
+
+        with shutdown_signals() as stop:
+            app.start(block=False)
+            print(app.api_url)
+            app.wait(stop)
+    """
+    stop = threading.Event()
+    previous: dict[int, Any] = {}
+
+    def _handler(signum: int, frame: Any) -> None:  # noqa: ARG001
+        if stop.is_set():
+            raise KeyboardInterrupt
+        logger.info("received signal %s, shutting down", signum)
+        stop.set()
+
+    if threading.current_thread() is threading.main_thread():
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, _handler)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
