@@ -55,6 +55,10 @@ def test_session_of_another_principal_is_not_found(manager):
     with pytest.raises(SessionNotFound):
         app.invoke("assistant", {"query": "hi"}, session_id=sid, principal="bob")
     assert manager.get_session_state(sid) == {}  # nothing written
+    assert [e.action for e in manager.get_session_events(sid)] == ["create"]  # nor a read recorded
+    assert manager.get_session(sid, user_id="bob") is None
+    assert manager.get_session(sid, channel="mcp", user_id="alice").user_id == "alice"
+    assert [e.channel for e in manager.get_session_events(sid)][-1] == "mcp"
     with pytest.raises(SessionNotFound):
         app.invoke("assistant", {"query": "hi"}, session_id="no-such-session")
 

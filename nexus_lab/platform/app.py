@@ -353,10 +353,11 @@ class Nexus:
         state: dict[str, Any] = {}
         if session_id is not None:
             manager = dep.session_manager or self.session_manager
-            session = manager.get_session(session_id)
-            if session is None or (principal is not None and session.user_id != principal):
+            # one atomic read: ownership check, sliding expiry, the channel's read event
+            session = manager.get_session(session_id, channel=channel, user_id=principal)
+            if session is None:
                 raise SessionNotFound(session_id)
-            state = manager.get_session_state(session_id, channel=channel)
+            state = session.state
         elif dep.session_manager is not None:
             manager = dep.session_manager
             session_id = manager.create_session(user_id=principal or "anonymous").session_id

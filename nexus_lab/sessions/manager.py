@@ -409,18 +409,43 @@ class NexusSessionManager:
             return {}
         return decode_json(text)
 
-    def get_session(self, session_id: str) -> Session | None:
-        """A snapshot of the session (refreshing its expiry), or ``None`` if unknown or expired."""
+    def get_session(
+        self, session_id: str, channel: str | None = None, *, user_id: str | None = None
+    ) -> Session | None:
+        """A snapshot of the session, state included (refreshing its expiry), or ``None``
+        if unknown or expired.
+
+        With ``channel`` the read is recorded as :meth:`get_session_state` does.
+        With ``user_id`` a session of another user is ``None`` too, and nothing
+        about it is touched or recorded (the platform checks ownership this way,
+        in the same atomic step as the read).
+
+        Example::
+
+            session = manager.get_session(sid, channel="api", user_id="alice")
+            session.state if session else {}
+        """
+        if channel is not None and (channel.__class__ is not str or not channel):
+            self._check_channel(channel)
         now = self._clock()
         default_ttl = self.session_ttl
 
         def touch(rec: SessionRecord) -> SessionRecord:
+            if user_id is not None and rec.user_id != user_id:
+                raise SessionNotFound(session_id)
             rec.last_accessed = now
             rec.expires_at = now + (rec.ttl or default_ttl)
+            if channel is not None and channel not in rec.channels:
+                rec.channels.append(channel)
             return rec.copy()
 
         try:
-            rec = self._store.update(session_id, touch, now)
+            if channel is None:
+                rec = self._store.update(session_id, touch, now)
+            else:
+                rec = self._store.update(
+                    session_id, touch, now, SessionEvent(now, channel, "read", ()), self._incr_for(channel)
+                )
         except SessionNotFound:
             return None
         return Session.from_record(rec, default_ttl)
