@@ -33,7 +33,7 @@ test: $(VENV)/.stamp-dev system-deps
 	$(BIN)/python -m pytest $(NBVAL) tests notebooks
 
 lint: $(VENV)/.stamp-dev
-	$(BIN)/ruff check nexus_lab tests benchmarks
+	$(BIN)/ruff check nexus_lab tests benchmarks examples
 
 bench: $(VENV)/.stamp-dev
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(BIN)/python $$b || exit 1; done

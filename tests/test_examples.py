@@ -1,0 +1,42 @@
+"""The example app serves what its docstring says, through the real console script."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+NEXUS = str(Path(sys.executable).parent / "nexus")
+
+
+def test_example_app_serves_both_deployments(tmp_path):
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env.pop("ENVIRONMENT", None)
+    proc = subprocess.Popen(
+        [NEXUS, "serve", f"{ROOT}/examples/assistant_app.py:app", "--api-port", "0", "--mcp-port", "0"],
+        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
+    )
+    try:
+        url = None
+        for line in proc.stdout:
+            if line.startswith("API:"):
+                url = line.split()[1]
+                break
+        assert url, "nexus serve printed no API line"
+        listed = subprocess.run([NEXUS, "list", "--url", url, "--json"], capture_output=True, text=True, timeout=30)
+        assert listed.returncode == 0, listed.stderr
+        assert sorted(d["name"] for d in json.loads(listed.stdout)["workflows"]) == ["add", "assistant"]
+        added = subprocess.run(
+            [NEXUS, "run", "add", "--input", "a=2", "--input", "b=3.5", "--url", url, "--json"],
+            capture_output=True, text=True, timeout=30,
+        )
+        assert added.returncode == 0, added.stderr
+        assert json.loads(added.stdout)["outputs"] == {"sum": 5.5}
+        assert (tmp_path / ".nexus" / "example-sessions.db").exists()
+    finally:
+        proc.send_signal(signal.SIGINT)
+        assert proc.wait(30) == 0
