@@ -199,6 +199,12 @@ def test_openapi_describes_every_deployment_and_route(client):
         _resolve(doc, ref)
 
 
+def test_openapi_document_is_valid_openapi_31(client):
+    from openapi_spec_validator import validate
+
+    validate(client.get("/openapi.json").json())  # raises on any violation of the OpenAPI 3.1 schema
+
+
 def test_openapi_input_schema_validates_real_inputs(client):
     jsonschema = pytest.importorskip("jsonschema")
     doc = client.get("/openapi.json").json()
