@@ -518,3 +518,11 @@ def test_public_module_exports() -> None:
         assert getattr(public, name) is getattr(impl, name)
     with pytest.raises(AttributeError):
         public.Nope  # noqa: B018
+
+
+def test_chart_shows_channels_not_their_per_deployment_copies() -> None:
+    from nexus_lab.jupyter.charts import chart_categories
+
+    assert chart_categories(["workflow:a", "mcp", "api", "deployment"]) == ["api", "mcp", "deployment"]
+    assert chart_categories(["workflow:a", "custom"]) == ["workflow:a", "custom"]
+    assert chart_categories([]) == []

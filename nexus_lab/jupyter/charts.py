@@ -32,6 +32,23 @@ _COLORS = (
 )
 
 
+_CHANNELS = ("api", "cli", "mcp")
+
+
+def chart_categories(categories: list[str]) -> list[str]:
+    """The categories worth a line: channels first, then the user's own; the
+    per-deployment ``workflow:NAME`` ones only when no channel was recorded.
+
+    >>> chart_categories(["workflow:a", "mcp", "api", "deployment"])
+    ['api', 'mcp', 'deployment']
+    """
+    channels = [c for c in _CHANNELS if c in categories]
+    others = [c for c in categories if c not in _CHANNELS]
+    if channels:
+        others = [c for c in others if not c.startswith("workflow:")]
+    return channels + others
+
+
 def figure_png(fig: Figure) -> bytes:
     """Render ``fig`` to PNG bytes on the Agg canvas.
 
@@ -134,22 +151,33 @@ class LatencyChart:
         hist.cla()
         self._style_hist()
         if shown:
-            values = [d * 1000.0 for rows in shown.values() for _, d, _ in rows]
-            lo, hi = min(values), max(values)
+            values = sorted(d * 1000.0 for rows in shown.values() for _, d, _ in rows)
+            lo = values[0]
+            # bins up to the 99th percentile: one slow outlier must not squash the rest
+            hi = values[min(len(values) - 1, int(len(values) * 0.99))]
             if hi <= lo:
                 hi = lo + 1e-3
             bins = [lo + (hi - lo) * i / 30 for i in range(31)]
             for category, rows in shown.items():
                 hist.hist([d * 1000.0 for _, d, _ in rows], bins=bins, histtype="step",
                           color=self._lines[category].get_color(), label=category)
+            off = sum(1 for v in values if v > hi)
+            if off:
+                hist.text(0.98, 0.95, f"{off} slower off-scale", transform=hist.transAxes,
+                          ha="right", va="top", fontsize=8, color="#666")
         else:
             hist.set_xlim(0, 10)
 
     def render(self, metrics: Any = None) -> bytes:
-        """PNG bytes of the chart; with ``metrics``, update from it first."""
+        """PNG bytes of the chart; with ``metrics``, update from it first.
+
+        When channel categories (``api``, ``cli``, ``mcp``) exist, the chart
+        shows them (plus your own categories) and leaves out the per-deployment
+        ``workflow:NAME`` ones, which repeat the same calls.
+        """
         if metrics is not None:
             samples = {}
-            for category in metrics.categories():
+            for category in chart_categories(metrics.categories()):
                 try:
                     samples[category] = metrics.samples(category)
                 except KeyError:  # reset between the two calls
