@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import re
+import socket
 import threading
 import time
 import warnings
@@ -126,6 +127,15 @@ def namespace(monkeypatch):
         m.close()
 
 
+def _port_free(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
 def _run(code: str, ns: dict) -> dict:
     exec(compile(_rewrite(code), "<spec sample>", "exec", dont_inherit=True), ns)  # noqa: S102 - the spec's own samples
     return ns
@@ -169,6 +179,9 @@ def test_spec_sample_runs_as_written(title, code, namespace):
             _run(code, dict(namespace))
         return
     if "app.start()  # Blocks" in code:
+        busy = [p for p in (8000, 3001) if not _port_free(p)]
+        if busy:  # the sample binds the spec's own ports, as written
+            pytest.skip(f"port(s) {busy} in use on 127.0.0.1 (is `make demo` running?)")
         ns = _run_blocking(code, namespace)
         assert ns["channels"]["api"] == "/api/workflows/assistant/execute"
         return
