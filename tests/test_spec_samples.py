@@ -129,6 +129,7 @@ def namespace(monkeypatch):
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the platform binds
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
