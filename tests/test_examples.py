@@ -40,3 +40,15 @@ def test_example_app_serves_both_deployments(tmp_path):
     finally:
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
+
+
+def test_readme_quickstart_runs_as_written(tmp_path):
+    import re
+
+    block = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)[0]
+    script = tmp_path / "quickstart.py"
+    script.write_text(block + "\nprint('answer:', app.invoke('assistant', {'query': 'ok?'}, session_id=session.session_id))\n")
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "You said: ok?" in done.stdout
+    assert (tmp_path / ".nexus" / "sessions.db").exists()
