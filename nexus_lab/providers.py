@@ -184,7 +184,29 @@ class MockProvider(LLMProvider):
         return answer
 
 
-class OpenAIProvider(LLMProvider):
+class _RemoteProvider(LLMProvider):
+    """What providers that call a server share: where, credentials, limits, one cached client."""
+
+    def __init__(
+        self,
+        *,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        timeout: float = 30.0,
+        max_retries: int = 2,
+    ) -> None:
+        self.base_url = self._resolve_base_url(base_url)
+        self.api_key = api_key
+        self.timeout = timeout
+        self.max_retries = max(0, int(max_retries))
+        self._client: Any = None
+        self._lock = threading.Lock()
+
+    def _resolve_base_url(self, base_url: str | None) -> str | None:
+        return base_url
+
+
+class OpenAIProvider(_RemoteProvider):
     """OpenAI or any OpenAI-compatible server, through the official ``openai`` package.
 
     The API key comes from ``api_key``, else ``$OPENAI_API_KEY``; with a custom
@@ -201,21 +223,6 @@ class OpenAIProvider(LLMProvider):
     name = "openai"
     PLACEHOLDER_KEY = "sk-no-key-required"
     DEFAULT_BASE_URL = "https://api.openai.com/v1"
-
-    def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = 2,
-    ) -> None:
-        self.base_url = base_url
-        self.api_key = api_key
-        self.timeout = timeout
-        self.max_retries = max_retries
-        self._client: Any = None
-        self._lock = threading.Lock()
 
     @property
     def url(self) -> str:
@@ -341,7 +348,7 @@ def _status_detail(exc: Any) -> str:
     return _short(message)
 
 
-class OllamaProvider(LLMProvider):
+class OllamaProvider(_RemoteProvider):
     """Ollama's native chat API (``POST /api/chat``) over httpx.
 
     The server is ``base_url``, else ``$OLLAMA_HOST``, else
@@ -358,23 +365,11 @@ class OllamaProvider(LLMProvider):
     name = "ollama"
     DEFAULT_HOST = "http://127.0.0.1:11434"
 
-    def __init__(
-        self,
-        *,
-        base_url: str | None = None,
-        api_key: str | None = None,
-        timeout: float = 30.0,
-        max_retries: int = 2,
-    ) -> None:
+    def _resolve_base_url(self, base_url: str | None) -> str:
         host = base_url or os.environ.get("OLLAMA_HOST") or self.DEFAULT_HOST
         if "://" not in host:
             host = "http://" + host
-        self.base_url = host.rstrip("/")
-        self.api_key = api_key
-        self.timeout = timeout
-        self.max_retries = max(0, int(max_retries))
-        self._client: Any = None
-        self._lock = threading.Lock()
+        return host.rstrip("/")
 
     @property
     def url(self) -> str:
