@@ -753,3 +753,11 @@ def test_two_managers_share_one_store(clock):
         api.update_session_state(s.session_id, {"q": "hi"}, channel="api")
         assert cli.get_session_state(s.session_id, channel="cli") == {"q": "hi"}
         assert cli.get_session_metrics()["channel_activity"] == {"api": 1, "cli": 1}
+
+
+def test_generated_ids_never_look_like_a_command_line_option():
+    # one in 64 token_urlsafe ids starts with "-", which argparse and click read as an option
+    with NexusSessionManager(cleanup_interval=300) as m:
+        ids = [m.create_session(user_id="u").session_id for _ in range(3000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert len(set(ids)) == 3000 and all(len(i) == 22 for i in ids)

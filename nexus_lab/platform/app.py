@@ -127,7 +127,7 @@ class Nexus:
         self._cache_hits = 0
         self._cache_misses = 0
         self._servers: Any = None  # nexus_lab.platform.server.ServerGroup when started
-        self._executor: Any = None  # ThreadPoolExecutor for sync agents, created on first use
+        self._executor: Any = None  # WorkerPool for sync agents, created on first use
         if not isinstance(worker_threads, int) or isinstance(worker_threads, bool) or worker_threads < 1:
             raise ConfigError("worker_threads must be a positive integer", field="worker_threads")
         self.worker_threads = worker_threads
@@ -315,14 +315,13 @@ class Nexus:
         """Async :meth:`execute`: a sync agent runs in a worker thread, an async one on the loop."""
         dep = self.get_deployment(name, channel)
         if not dep.compiled.is_async:
-            import asyncio
             import functools
 
             call = functools.partial(
                 self.execute, name, inputs, channel=channel, session_id=session_id,
                 principal=principal, coerce_strings=coerce_strings,
             )
-            return await asyncio.get_running_loop().run_in_executor(self._worker_pool(), call)
+            return await self._worker_pool().run(call)
         call = self._prepare(name, inputs, channel, session_id, principal, coerce_strings)
         try:
             result = await call.dep.acall(call.values, call.state)
@@ -331,16 +330,14 @@ class Nexus:
         return self._finish(call, result)
 
     def _worker_pool(self):
-        """The thread pool sync agents run in (about half the per-call cost of anyio's hop here)."""
+        """The threads sync agents run in (see :mod:`nexus_lab.platform.workers`)."""
         pool = self._executor
         if pool is None:
-            from concurrent.futures import ThreadPoolExecutor
+            from .workers import WorkerPool
 
             with self._lock:
                 if self._executor is None:
-                    self._executor = ThreadPoolExecutor(
-                        max_workers=self.worker_threads, thread_name_prefix="nexus-agent"
-                    )
+                    self._executor = WorkerPool(self.worker_threads)
                 pool = self._executor
         return pool
 
@@ -529,7 +526,7 @@ class Nexus:
         """Stop serving, release the worker threads and the session manager this app created."""
         self.stop()
         if self._executor is not None:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.close()
             self._executor = None
         if self._owns_session_manager and self._session_manager is not None:
             self._session_manager.close()

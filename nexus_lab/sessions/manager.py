@@ -75,6 +75,15 @@ def _cleanup_loop(
             del manager
 
 
+def _new_session_id() -> str:
+    """22 URL-safe characters (128 random bits) that never start with ``-``, so that an
+    id is never taken for an option (``nexus run --session ID``, ``%nexus call --session ID``)."""
+    while True:
+        sid = secrets.token_urlsafe(16)
+        if sid[0] != "-":
+            return sid
+
+
 def _check_keys(updates: Mapping[str, Any]) -> None:
     for key in updates:
         if key.__class__ is not str:
@@ -219,7 +228,7 @@ class NexusSessionManager:
                 f"user_id must be a non-empty string, got {user_id!r}", field="user_id"
             )
         if session_id is None:
-            sid = secrets.token_urlsafe(16)
+            sid = _new_session_id()
         elif (
             not isinstance(session_id, str)
             or not session_id.strip()
