@@ -574,3 +574,11 @@ def test_str_inputs_keep_their_text(ip):
 
 def test_help_of_the_magic_is_the_guide(ip):
     assert "deploy AGENT" in ip.find_line_magic("nexus").__doc__
+
+
+def test_a_session_id_starting_with_a_dash_is_a_value_not_an_option(served):
+    mgr = served.user_ns["mgr"]
+    sid = mgr.create_session(user_id="anonymous", session_id="-dash-id").session_id
+    result = nexus(served, "call assistant hi --session -dash-id")
+    assert result.session_id == "-dash-id"
+    assert mgr.get_session_state(sid)["turns"] == 1

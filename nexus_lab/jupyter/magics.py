@@ -214,6 +214,28 @@ def split_line(line: str) -> list[str]:
             out.append(f"{opt}={value}")
         else:
             out.append(tok)
+    return _attach_dash_values(out)
+
+
+#: Options whose value may itself start with "-" (a session id is any string).
+_TAKES_ANY_VALUE = ("--session",)
+
+
+def _attach_dash_values(tokens: list[str]) -> list[str]:
+    """``--session -x1`` -> ``--session=-x1``: argparse would read ``-x1`` as an option."""
+    out: list[str] = []
+    it = iter(tokens)
+    for tok in it:
+        if tok in _TAKES_ANY_VALUE:
+            value = next(it, None)
+            if value is None:
+                out.append(tok)
+            elif value.startswith("-"):
+                out.append(f"{tok}={value}")
+            else:
+                out += [tok, value]
+        else:
+            out.append(tok)
     return out
 
 
