@@ -52,10 +52,10 @@ def _callable_of(target: Any) -> Callable[..., Any]:
 def _description(target: Any, fn: Callable[..., Any]) -> str:
     text = getattr(target, "tool_description", None)
     if not text:
-        doc = inspect.getdoc(target) if not inspect.isfunction(target) else None
+        doc = None if inspect.isfunction(target) else inspect.getdoc(target)
+        if doc == inspect.getdoc(object):  # a class without a docstring inherits object's
+            doc = None
         text = doc or inspect.getdoc(fn) or ""
-        if inspect.isclass(type(target)) and doc == inspect.getdoc(object):
-            text = inspect.getdoc(fn) or ""
     text = (text or "").strip()
     return text.split("\n\n")[0].strip() if text else f"Run {getattr(fn, '__qualname__', 'the deployment')}"
 
@@ -79,12 +79,13 @@ class Compiled:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):
             params = {}
+        has_twin = _async_twin(target) is not None
         return cls(
             schema=schema,
             description=_description(target, fn),
             accepts_state=SESSION_STATE_PARAM in params,
-            is_async=inspect.iscoroutinefunction(fn) or _async_twin(target) is not None,
-            has_twin=_async_twin(target) is not None,
+            is_async=has_twin or inspect.iscoroutinefunction(fn),
+            has_twin=has_twin,
         )
 
 
