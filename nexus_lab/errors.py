@@ -32,6 +32,9 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "NexusConnectionError",
+    "ServiceUnavailable",
+    "ExecutionTimeout",
 ]
 
 
@@ -198,3 +201,31 @@ class PayloadTooLarge(NexusError):
 
     http_status = 413
     error_type = "payload_too_large"
+
+
+class NexusConnectionError(NexusError, ConnectionError):
+    """A client could not reach a nexus_lab server (refused, unreachable, timed out).
+
+    The message names the URL. Raised by :class:`nexus_lab.client.NexusClient`.
+    """
+
+    http_status = 503
+    error_type = "connection_error"
+
+    def __init__(self, message: str, url: str | None = None) -> None:
+        super().__init__(message)
+        self.url = url
+
+
+class ServiceUnavailable(NexusError):
+    """A backing service the call needs (a session store, a shared rate limiter) is down (HTTP 503)."""
+
+    http_status = 503
+    error_type = "service_unavailable"
+
+
+class ExecutionTimeout(NexusError, TimeoutError):
+    """A deployment ran past its timeout (HTTP 504); the agent call was abandoned or cancelled."""
+
+    http_status = 504
+    error_type = "timeout"
