@@ -16,6 +16,7 @@ Example::
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import threading
 import time
@@ -38,6 +39,7 @@ from .deployment import (
     Compiled,
     Deployment,
     Execution,
+    encode_outputs,
     normalize_outputs,
     session_update,
     validate_name,
@@ -286,48 +288,158 @@ class Nexus:
 
     def execute(
         self,
-        name: str,
+        name: str | Deployment,
         inputs: dict[str, Any] | None = None,
         *,
         channel: str = "api",
         session_id: str | None = None,
         principal: str | None = None,
         coerce_strings: bool = False,
+        started: float | None = None,
     ) -> Execution:
-        """Like :meth:`invoke`, returning an :class:`Execution` (outputs, session id, time)."""
-        call = self._prepare(name, inputs, channel, session_id, principal, coerce_strings)
-        try:
-            result = call.dep.call(call.values, call.state)
-        except Exception as exc:
-            raise self._failed(call, exc) from exc
-        return self._finish(call, result)
+        """Like :meth:`invoke`, returning an :class:`Execution` (outputs, session id, times).
+
+        Runs on the calling thread (an async-only agent runs to completion).
+        ``started`` is the ``time.perf_counter()`` at which the request reached
+        the platform (default: now); the recorded latency is measured from it.
+        """
+        started = time.perf_counter() if started is None else started
+        dep = self._lookup(name, channel)
+        return self._run_sync(dep, inputs, channel, session_id, principal, coerce_strings, started)
 
     async def aexecute(
         self,
-        name: str,
+        name: str | Deployment,
         inputs: dict[str, Any] | None = None,
         *,
         channel: str = "api",
         session_id: str | None = None,
         principal: str | None = None,
         coerce_strings: bool = False,
+        started: float | None = None,
     ) -> Execution:
-        """Async :meth:`execute`: a sync agent runs in a worker thread, an async one on the loop."""
-        dep = self.get_deployment(name, channel)
-        if not dep.compiled.is_async:
-            import functools
+        """Async :meth:`execute`, what the servers call.
 
-            call = functools.partial(
-                self.execute, name, inputs, channel=channel, session_id=session_id,
-                principal=principal, coerce_strings=coerce_strings,
+        The same steps as :meth:`execute` (one implementation, :meth:`_flow`);
+        only where they run differs: a sync agent runs the whole call in a worker
+        thread, an async one is awaited on the loop, and a blocking session store
+        (SQLite) is called from a worker thread, never from the loop.
+        """
+        if started is None:
+            started = _request_started() or time.perf_counter()
+        dep = self._lookup(name, channel)
+        if not dep.compiled.is_async:
+            return await self._worker_pool().run(
+                functools.partial(
+                    self._run_sync, dep, inputs, channel, session_id, principal, coerce_strings, started
+                )
             )
-            return await self._worker_pool().run(call)
-        call = self._prepare(name, inputs, channel, session_id, principal, coerce_strings)
+        flow = self._flow(dep, inputs, channel, session_id, principal, coerce_strings, started)
+        manager = dep.session_manager or self._session_manager
+        offload = self._worker_pool().run if getattr(manager, "blocking", False) else None
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value = error = None
+            try:
+                if step[0] is _AGENT:
+                    value = await dep.acall(step[1], step[2])
+                elif offload is not None:
+                    value = await offload(functools.partial(step[0], *step[1], **step[2]))
+                else:
+                    value = step[0](*step[1], **step[2])
+            except BaseException as exc:  # delivered to the flow, which maps and records it
+                error = exc
+
+    def _run_sync(self, dep, inputs, channel, session_id, principal, coerce_strings, started) -> Execution:
+        """Drive :meth:`_flow` on this thread."""
+        flow = self._flow(dep, inputs, channel, session_id, principal, coerce_strings, started)
+        value: Any = None
+        error: BaseException | None = None
+        while True:
+            try:
+                step = flow.send(value) if error is None else flow.throw(error)
+            except StopIteration as stop:
+                return stop.value
+            value = error = None
+            try:
+                if step[0] is _AGENT:
+                    value = dep.call(step[1], step[2])
+                else:
+                    value = step[0](*step[1], **step[2])
+            except BaseException as exc:
+                error = exc
+
+    def _lookup(self, name: str | Deployment, channel: str) -> Deployment:
+        if not isinstance(channel, str) or not channel:
+            raise ValueError(f"channel must be a non-empty string, got {channel!r}")
+        # channels other than api/cli/mcp (e.g. "notebook") reach every deployment
+        check = channel if channel in CHANNELS else None
+        if isinstance(name, Deployment):
+            if check is not None and check not in name.channels:
+                return self.get_deployment(name.name, check)
+            return name
+        return self.get_deployment(name, check)
+
+    def _flow(self, dep, inputs, channel, session_id, principal, coerce_strings, started):
+        """The one execution path, as a generator of the steps that may block.
+
+        It yields ``(_AGENT, values, state)`` for the agent call and
+        ``(fn, args, kwargs)`` for each session-store call; a driver
+        (:meth:`_run_sync` or :meth:`aexecute`) runs each step where it belongs and
+        sends the result (or throws the exception) back. Validation, ownership,
+        the session read and write, output encoding, error mapping and metrics
+        are here once, so the sync and async paths cannot disagree.
+        """
+        agent_seconds = 0.0
+        ok = False
         try:
-            result = await call.dep.acall(call.values, call.state)
-        except Exception as exc:
-            raise self._failed(call, exc) from exc
-        return self._finish(call, result)
+            values = dep.schema.validate(inputs, coerce_strings=coerce_strings)
+            manager = None
+            state: dict[str, Any] = {}
+            if session_id is not None:
+                manager = dep.session_manager or self.session_manager
+                # one pure read (ownership checked in it); the expiry slides with the write below
+                session = yield (
+                    manager.get_session, (session_id,),
+                    {"channel": channel, "user_id": principal, "touch": False},
+                )
+                if session is None:
+                    raise SessionNotFound(session_id)
+                state = session.state
+            elif dep.session_manager is not None:
+                manager = dep.session_manager
+                session = yield (manager.create_session, (principal or "anonymous",), {})
+                session_id = session.session_id
+            agent_started = time.perf_counter()
+            try:
+                result = yield (_AGENT, values, state)
+            except NexusError:
+                raise
+            except Exception as exc:
+                raise self._agent_error(dep.name, exc) from exc
+            finally:
+                agent_seconds = time.perf_counter() - agent_started
+            outputs = normalize_outputs(result)
+            body = encode_outputs(dep.name, outputs)
+            if manager is not None:
+                # computed from the state current at write time, atomically: concurrent calls on one
+                # session (from any channel or process) never lose a turn
+                yield (
+                    manager.apply_session_update,
+                    (session_id, functools.partial(session_update, values, outputs, channel=channel)),
+                    {"channel": channel},
+                )
+            ok = True
+        finally:
+            elapsed = time.perf_counter() - started
+            if self.enable_monitoring:
+                self._record(dep.name, channel, elapsed, agent_seconds, ok)
+        return Execution(dep.name, outputs, session_id, elapsed * 1000.0, channel, agent_seconds * 1000.0, body)
 
     def _worker_pool(self):
         """The threads sync agents run in (see :mod:`nexus_lab.platform.workers`)."""
@@ -341,51 +453,11 @@ class Nexus:
                 pool = self._executor
         return pool
 
-    def _prepare(self, name, inputs, channel, session_id, principal, coerce_strings):
-        if not isinstance(channel, str) or not channel:
-            raise ValueError(f"channel must be a non-empty string, got {channel!r}")
-        dep = self.get_deployment(name, channel if channel in CHANNELS else None)
-        values = dep.schema.validate(inputs, coerce_strings=coerce_strings)
-        manager = None
-        state: dict[str, Any] = {}
-        if session_id is not None:
-            manager = dep.session_manager or self.session_manager
-            # one atomic read: ownership check, sliding expiry, the channel's read event
-            session = manager.get_session(session_id, channel=channel, user_id=principal)
-            if session is None:
-                raise SessionNotFound(session_id)
-            state = session.state
-        elif dep.session_manager is not None:
-            manager = dep.session_manager
-            session_id = manager.create_session(user_id=principal or "anonymous").session_id
-        return _Call(dep, values, manager, session_id, state, channel)
-
-    def _failed(self, call: _Call, exc: Exception) -> Exception:
-        """Record a failed call; an agent's own exception becomes an AgentExecutionError."""
-        if self.enable_monitoring:
-            self._record(call.dep.name, call.channel, time.perf_counter() - call.start, False)
-        return exc if isinstance(exc, NexusError) else self._agent_error(call.dep.name, exc)
-
-    def _finish(self, call: _Call, result: Any) -> Execution:
-        elapsed = time.perf_counter() - call.start
-        dep, values, manager, session_id, channel = (
-            call.dep, call.values, call.manager, call.session_id, call.channel
-        )
-        if self.enable_monitoring:
-            self._record(dep.name, channel, elapsed, True)
-        outputs = normalize_outputs(result)
-        if manager is not None and session_id is not None:
-            # computed from the state current at write time, atomically: concurrent calls on one
-            # session (from any channel or process) never lose a turn
-            manager.apply_session_update(
-                session_id, lambda current: session_update(values, outputs, current, channel), channel=channel
-            )
-        return Execution(dep.name, outputs, session_id, elapsed * 1000.0, channel)
-
-    def _record(self, name: str, channel: str, elapsed: float, ok: bool) -> None:
+    def _record(self, name: str, channel: str, elapsed: float, agent: float, ok: bool) -> None:
         metrics = self.metrics
         metrics.record(channel, elapsed, success=ok)
         metrics.record(f"workflow:{name}", elapsed, success=ok)
+        metrics.record(f"agent:{channel}", agent, success=ok)
 
     @staticmethod
     def _agent_error(name: str, exc: Exception) -> AgentExecutionError:
@@ -554,15 +626,16 @@ class Nexus:
         return nexus_html(self)
 
 
-class _Call:
-    """One prepared call: what ``_prepare`` resolved, and when the agent started."""
+#: Marks the agent call among the steps :meth:`Nexus._flow` yields.
+_AGENT = object()
 
-    __slots__ = ("dep", "values", "manager", "session_id", "state", "channel", "start")
 
-    def __init__(self, dep, values, manager, session_id, state, channel) -> None:
-        self.dep, self.values, self.manager = dep, values, manager
-        self.session_id, self.state, self.channel = session_id, state, channel
-        self.start = time.perf_counter()
+def _request_started() -> float | None:
+    """When the HTTP/MCP request being served reached the platform (set by the guard)."""
+    from . import guard
+
+    var = getattr(guard, "request_started", None)
+    return var.get() if var is not None else None
 
 
 def _cache_key(name: str, target: Any) -> tuple | None:

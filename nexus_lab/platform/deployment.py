@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import json
 import re
 import time
 from collections.abc import Callable
@@ -49,6 +50,58 @@ def _callable_of(target: Any) -> Callable[..., Any]:
     )
 
 
+def _defined_at(cls: type, attr: str) -> int | None:
+    """Index in ``cls.__mro__`` of the first class that defines ``attr`` itself."""
+    for i, klass in enumerate(cls.__mro__):
+        if attr in vars(klass):
+            return i
+    return None
+
+
+def resolve_methods(target: Any) -> tuple[Callable[..., Any] | None, Callable[..., Any] | None]:
+    """``(sync_fn, async_fn)``: what runs for ``target`` — the method the user wrote.
+
+    * A plain function or callable: itself, as sync or async.
+    * An agent: its ``process``. An ``async def aprocess`` is used only when it is
+      defined at the same level as the most-derived ``process`` (a twin: both run the
+      same logic, the servers await the async one) or below it (the subclass wrote
+      ``aprocess`` last, so it is what runs everywhere). A subclass that overrides
+      ``process`` therefore wins over an ``aprocess`` it inherits.
+
+    Example::
+
+        class Mine(AIAssistant):               # AIAssistant has process + aprocess
+            def process(self, query: str, tone: str = "plain") -> dict: ...
+        resolve_methods(Mine())                # (Mine().process, None)
+    """
+    process = getattr(target, "process", None)
+    if not callable(process):
+        if not callable(target):
+            _callable_of(target)  # raises the clear TypeError
+        fn = target
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+            return None, fn
+        return fn, None
+    cls = type(target)
+    at_process = -1 if "process" in vars(target) else _defined_at(cls, "process")
+    aprocess = getattr(target, "aprocess", None)
+    at_aprocess = -1 if "aprocess" in vars(target) else _defined_at(cls, "aprocess")
+    async_fn = None
+    if (
+        aprocess is not None
+        and inspect.iscoroutinefunction(aprocess)
+        and at_aprocess is not None
+        and at_process is not None
+        and at_aprocess <= at_process
+    ):
+        async_fn = aprocess
+    if inspect.iscoroutinefunction(process):
+        return None, async_fn or process
+    if async_fn is not None and at_aprocess < at_process:
+        return None, async_fn  # aprocess overrides process: the stale sync one must not run
+    return process, async_fn
+
+
 def _description(target: Any, fn: Callable[..., Any]) -> str:
     text = getattr(target, "tool_description", None)
     if not text:
@@ -62,43 +115,61 @@ def _description(target: Any, fn: Callable[..., Any]) -> str:
 
 @dataclass(frozen=True)
 class Compiled:
-    """The cacheable part of a deployment: schema and description."""
+    """The cacheable part of a deployment: schema, description, and what to call.
+
+    ``sync_attr`` names what runs on the sync path (a worker thread for the
+    servers) and ``async_attr`` what is awaited on the event loop: ``"process"``,
+    ``"aprocess"``, ``""`` for the target itself, or None (see
+    :func:`resolve_methods`). Names, not bound methods, because one compiled entry
+    may serve several agent instances with the same config.
+    """
 
     schema: InputSchema
     description: str
     accepts_state: bool
-    is_async: bool
-    #: The agent has an ``async def aprocess`` twin of ``process`` (awaited by the servers).
-    has_twin: bool = False
+    sync_attr: str | None = None
+    async_attr: str | None = None
+
+    @property
+    def is_async(self) -> bool:
+        """The servers await this deployment on their event loop."""
+        return self.async_attr is not None
 
     @classmethod
     def build(cls, target: Any) -> Compiled:
-        fn = _callable_of(target)
+        sync_fn, async_fn = resolve_methods(target)
+        # the schema follows the method that runs everywhere; a twin shares process()'s inputs
+        fn = sync_fn if sync_fn is not None else async_fn
         schema = InputSchema.from_callable(fn, title=_title(target, fn))
         try:
             params = inspect.signature(fn).parameters
         except (TypeError, ValueError):
             params = {}
-        has_twin = _async_twin(target) is not None
         return cls(
             schema=schema,
             description=_description(target, fn),
             accepts_state=SESSION_STATE_PARAM in params,
-            is_async=has_twin or inspect.iscoroutinefunction(fn),
-            has_twin=has_twin,
+            sync_attr=_attr_name(target, sync_fn),
+            async_attr=_attr_name(target, async_fn),
         )
 
 
-def _async_twin(target: Any) -> Callable[..., Any] | None:
-    """An agent's ``async def aprocess`` (same inputs as ``process``), if it has one."""
-    fn = getattr(target, "aprocess", None)
-    if fn is not None and inspect.iscoroutinefunction(fn) and callable(getattr(target, "process", None)):
-        return fn
-    return None
+def _attr_name(target: Any, fn: Callable[..., Any] | None) -> str | None:
+    if fn is None:
+        return None
+    if fn is target:
+        return ""
+    return getattr(fn, "__name__", None) or ""
+
+
+def _bind(target: Any, attr: str | None) -> Callable[..., Any] | None:
+    if attr is None:
+        return None
+    return target if attr == "" else getattr(target, attr)
 
 
 def _title(target: Any, fn: Callable[..., Any]) -> str:
-    if getattr(target, "process", None) == fn and not inspect.isfunction(target):
+    if getattr(fn, "__self__", None) is target and not inspect.isfunction(target):
         return type(target).__name__
     return getattr(fn, "__name__", "Inputs")
 
@@ -126,29 +197,34 @@ class Deployment:
     def kind(self) -> str:
         return "agent" if callable(getattr(self.target, "process", None)) else "function"
 
-    def call(self, values: dict[str, Any], session_state: dict[str, Any] | None) -> Any:
-        """Run the target with validated ``values`` (sync; async targets run to completion)."""
-        fn = _callable_of(self.target)
+    def __post_init__(self) -> None:
+        self._sync = _bind(self.target, self.compiled.sync_attr)
+        self._async = _bind(self.target, self.compiled.async_attr)
+
+    def _kwargs(self, values: dict[str, Any], session_state: dict[str, Any] | None) -> dict[str, Any]:
+        if not self.compiled.accepts_state:
+            return values
         kwargs = dict(values)
-        if self.compiled.accepts_state:
-            kwargs[SESSION_STATE_PARAM] = session_state or {}
-        result = fn(**kwargs)
+        kwargs[SESSION_STATE_PARAM] = session_state if session_state is not None else {}
+        return kwargs
+
+    def call(self, values: dict[str, Any], session_state: dict[str, Any] | None) -> Any:
+        """Run the target with validated ``values`` on the calling thread.
+
+        An agent whose only method is async runs to completion here: on a fresh
+        event loop, or on a short-lived thread when this thread already runs one
+        (a notebook kernel does).
+        """
+        kwargs = self._kwargs(values, session_state)
+        fn = self._sync
+        result = fn(**kwargs) if fn is not None else self._async(**kwargs)
         if inspect.isawaitable(result):
-            try:
-                asyncio.get_running_loop()
-            except RuntimeError:
-                return asyncio.run(_await(result))
-            raise RuntimeError(
-                f"deployment {self.name!r} is async; call Nexus.aexecute from inside an event loop"
-            )
+            return _run_to_completion(result)
         return result
 
     async def acall(self, values: dict[str, Any], session_state: dict[str, Any] | None) -> Any:
-        fn = self.target.aprocess if self.compiled.has_twin else _callable_of(self.target)
-        kwargs = dict(values)
-        if self.compiled.accepts_state:
-            kwargs[SESSION_STATE_PARAM] = session_state or {}
-        result = fn(**kwargs)
+        """Await the target's async method with validated ``values``."""
+        result = self._async(**self._kwargs(values, session_state))
         if inspect.isawaitable(result):
             result = await result
         return result
@@ -171,22 +247,55 @@ async def _await(awaitable: Any) -> Any:
     return await awaitable
 
 
+def _run_to_completion(awaitable: Any) -> Any:
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(_await(awaitable))
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1, thread_name_prefix="nexus-async-call") as pool:
+        return pool.submit(asyncio.run, _await(awaitable)).result()
+
+
 @dataclass
 class Execution:
-    """The result of one call: outputs plus where and how fast it ran."""
+    """The result of one call: outputs plus where and how fast it ran.
+
+    ``execution_time_ms`` is what the caller waits inside the platform: from the
+    request reaching it (or the call starting, in-process) to the response being
+    ready — validation, the session read and write, the agent, encoding.
+    ``agent_time_ms`` is the agent's own part of it. ``json_body`` is the HTTP
+    response body, RFC 8259 JSON (no NaN/Infinity), encoded once by the
+    execution path.
+    """
 
     name: str
     outputs: dict[str, Any]
     session_id: str | None
     execution_time_ms: float
     channel: str
+    agent_time_ms: float = 0.0
+    outputs_json: bytes = b""
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "outputs": self.outputs,
             "session_id": self.session_id,
             "execution_time_ms": round(self.execution_time_ms, 3),
+            "agent_time_ms": round(self.agent_time_ms, 3),
         }
+
+    @property
+    def json_body(self) -> bytes:
+        """``{"outputs", "session_id", "execution_time_ms", "agent_time_ms"}`` as JSON bytes."""
+        outputs = self.outputs_json or encode_outputs(self.name, self.outputs)
+        sid = _encode(self.session_id).encode()
+        return b"".join((
+            b'{"outputs":', outputs, b',"session_id":', sid,
+            b',"execution_time_ms":', repr(round(self.execution_time_ms, 3)).encode(),
+            b',"agent_time_ms":', repr(round(self.agent_time_ms, 3)).encode(), b"}",
+        ))
 
     def __repr__(self) -> str:  # stable: no timings or ids
         return f"Execution(name={self.name!r}, channel={self.channel!r}, outputs={self.outputs!r})"
@@ -200,6 +309,47 @@ class Execution:
             f"<div class='nexus-execution'><b>{html.escape(self.name)}</b> via "
             f"<code>{html.escape(self.channel)}</code><pre>{body}</pre></div>"
         )
+
+
+_encode = json.JSONEncoder(
+    ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
+).encode
+
+
+def encode_outputs(name: str, outputs: dict[str, Any]) -> bytes:
+    """The outputs as RFC 8259 JSON bytes; a value JSON cannot hold is the agent's error.
+
+    ``NaN``/``Infinity`` and text that is not valid Unicode (a lone surrogate)
+    raise :class:`~nexus_lab.errors.AgentExecutionError` naming the output field.
+    Other non-JSON values (dates, decimals, ...) become their ``str()``.
+    """
+    try:
+        return _encode(outputs).encode()
+    except (ValueError, UnicodeEncodeError, RecursionError, TypeError):
+        pass
+    for key, value in outputs.items():
+        try:
+            _encode(value).encode()
+        except (ValueError, UnicodeEncodeError, RecursionError, TypeError) as exc:
+            problem = (
+                "text that is not valid Unicode" if isinstance(exc, UnicodeEncodeError)
+                else "nesting too deep" if isinstance(exc, RecursionError)
+                else "a value JSON cannot represent (NaN or Infinity)"
+            )
+            raise _output_error(name, str(key), problem) from None
+    raise _output_error(name, "?", "a value JSON cannot represent")
+
+
+def _output_error(name: str, key: str, problem: str) -> Exception:
+    import logging
+    import uuid
+
+    from ..errors import AgentExecutionError
+
+    error_id = uuid.uuid4().hex[:12]
+    message = f"deployment {name!r} returned {problem} in output {key!r}; responses must be JSON"
+    logging.getLogger("nexus_lab").error("%s (error id %s)", message, error_id)
+    return AgentExecutionError(f"{message} (error id {error_id})", error_id)
 
 
 def normalize_outputs(result: Any) -> dict[str, Any]:
