@@ -237,3 +237,26 @@ def test_blocking_start_stops_gracefully_on_signal(tmp_path, signum):
     assert proc.returncode == 0, err
     assert "stopped cleanly" in out
     assert "Traceback" not in err
+
+
+def test_health_tells_the_truth_when_a_server_dies(make_app):
+    """A server that stops behind the platform's back is reported, not remembered as serving."""
+    import httpx
+
+    app = make_app()
+    app.start(block=False)
+    assert app.health_check()["status"] == "healthy"
+    group = app._serving.group
+    mcp_server = group._servers[1][0]
+    mcp_server.should_exit = True  # the MCP server ends on its own (as on a fatal error)
+    deadline = time.monotonic() + 30
+    while app.health_check()["status"] != "degraded" and time.monotonic() < deadline:
+        threading.Event().wait(0.01)
+    health = app.health_check()
+    assert health["status"] == "degraded"
+    assert {c["state"] for c in health["channels"].values()} == {"failed"}
+    assert not app.is_running
+    app.stop()
+    assert app.health_check()["status"] == "stopped"
+    with pytest.raises(httpx.TransportError):
+        httpx.get(f"{group.api_url}/health", timeout=2, trust_env=False)

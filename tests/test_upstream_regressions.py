@@ -46,7 +46,7 @@ def test_servers_bind_loopback_by_default():
     app = Nexus(api_port=0, mcp_port=0)
     assert app.host == "127.0.0.1"
     with app.running():
-        for sock in [s for _, s in app._servers._servers]:
+        for sock in [s for _, s in app._serving.group._servers]:
             assert sock.getsockname()[0] == "127.0.0.1"
         assert app.api_url.startswith("http://127.0.0.1:")
         assert app.mcp_url.startswith("http://127.0.0.1:")

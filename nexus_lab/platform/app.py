@@ -45,6 +45,7 @@ from .deployment import (
     validate_name,
 )
 from .security import ApiKeyAuth, TokenBucketLimiter, validate_rate_limit
+from .server import Serving
 
 if TYPE_CHECKING:
     from ..metrics import PerformanceMetrics
@@ -128,13 +129,11 @@ class Nexus:
         self._cache_size = max(0, int(deploy_cache_size))
         self._cache_hits = 0
         self._cache_misses = 0
-        self._servers: Any = None  # nexus_lab.platform.server.ServerGroup when started
+        self._serving = Serving(self)
         self._executor: Any = None  # WorkerPool for sync agents, created on first use
         if not isinstance(worker_threads, int) or isinstance(worker_threads, bool) or worker_threads < 1:
             raise ConfigError("worker_threads must be a positive integer", field="worker_threads")
         self.worker_threads = worker_threads
-        self._channel_state = {c: "registered" for c in CHANNELS}
-        self._channel_error: dict[str, str] = {}
         self.started_at = time.time()
         self.auto_discovery = bool(auto_discovery)
         if self.auto_discovery:
@@ -472,30 +471,39 @@ class Nexus:
     # health
     # ------------------------------------------------------------------
     def channel_status(self) -> dict[str, dict[str, Any]]:
-        """State and URL of each channel: ``registered``, ``serving``, ``stopped`` or ``failed``."""
+        """State and URL of each channel: ``registered``, ``serving``, ``stopped`` or ``failed``.
+
+        ``serving`` is checked, not remembered: a server thread that died reports ``failed``.
+        """
+        state, error = self._serving.channel_state()
         urls = {"api": self.api_url, "cli": self.api_url, "mcp": self.mcp_url}
         out = {}
         for ch in CHANNELS:
             entry: dict[str, Any] = {
-                "state": self._channel_state[ch],
-                "url": urls[ch] if self._channel_state[ch] == "serving" else None,
+                "state": state,
+                "url": urls[ch] if state == "serving" else None,
                 "deployments": sorted(n for n, d in self._deployments.items() if ch in d.channels),
             }
-            if ch in self._channel_error:
-                entry["error"] = self._channel_error[ch]
+            if error:
+                entry["error"] = error
             out[ch] = entry
         return out
 
     def health_check(self) -> dict[str, Any]:
-        """Platform health: ``status`` is ``healthy`` unless a channel failed.
+        """Platform health, checked now.
+
+        ``status`` is ``healthy`` when nothing is wrong (serving, or not started
+        yet), ``stopped`` after :meth:`stop`, and ``degraded`` when a channel's
+        server failed or died.
 
         >>> app.health_check()["status"]
         'healthy'
         """
         channels = self.channel_status()
-        failed = [c for c, s in channels.items() if s["state"] == "failed"]
+        states = {s["state"] for s in channels.values()}
+        status = "degraded" if "failed" in states else "stopped" if "stopped" in states else "healthy"
         health: dict[str, Any] = {
-            "status": "degraded" if failed else "healthy",
+            "status": status,
             "channels": channels,
             "deployments": sorted(self._deployments),
             "auth": self.enable_auth,
@@ -509,26 +517,22 @@ class Nexus:
         return health
 
     # ------------------------------------------------------------------
-    # serving
+    # serving (platform/server.py holds how; these are the public handles)
     # ------------------------------------------------------------------
     @property
     def api_url(self) -> str | None:
         """``http://host:port`` of the running API (None when not serving)."""
-        return self._servers.api_url if self._servers is not None else None
+        return self._serving.api_url
 
     @property
     def mcp_url(self) -> str | None:
         """The MCP streamable-HTTP endpoint of the running platform (None when not serving)."""
-        return self._servers.mcp_url if self._servers is not None else None
+        return self._serving.mcp_url
 
     @property
     def is_running(self) -> bool:
         """True once both servers accept connections, until :meth:`stop`."""
-        return (
-            self._servers is not None
-            and self._servers.is_running
-            and self._channel_state["api"] == "serving"
-        )
+        return self._serving.is_running
 
     def start(self, block: bool = True) -> None:
         """Serve the API and MCP.
@@ -537,24 +541,7 @@ class Nexus:
         ``block=False`` returns once both servers accept connections, leaving a
         notebook kernel free.
         """
-        from .server import ServerGroup
-
-        with self._lock:
-            if self._servers is not None and self._servers.is_running:
-                if block:
-                    raise RuntimeError("the platform is already running; call stop() first")
-                return
-            group = ServerGroup(self)
-            self._servers = group
-        try:
-            group.start()
-        except BaseException as exc:
-            self._set_state("failed", error=str(exc))
-            self._servers = None
-            raise
-        self._set_state("serving")
-        if block:
-            self.wait()
+        self._serving.start(block)
 
     def wait(self, stop: threading.Event | None = None) -> None:
         """Block until Ctrl-C, SIGTERM, :meth:`stop` from another thread (or ``stop`` is
@@ -562,20 +549,11 @@ class Nexus:
 
         >>> app.start(block=False); print(app.api_url); app.wait()
         """
-        group = self._servers
-        try:
-            if group is not None:
-                group.wait(stop)
-        finally:
-            self.stop()
+        self._serving.wait(stop)
 
     def stop(self) -> None:
         """Stop serving (idempotent); in-flight requests finish first."""
-        with self._lock:
-            group, self._servers = self._servers, None
-        if group is not None:
-            group.stop()
-            self._set_state("stopped")
+        self._serving.stop()
 
     @contextlib.contextmanager
     def running(self) -> Iterator[Nexus]:
@@ -585,14 +563,6 @@ class Nexus:
             yield self
         finally:
             self.stop()
-
-    def _set_state(self, state: str, error: str | None = None) -> None:
-        for ch in CHANNELS:
-            self._channel_state[ch] = state
-            if error:
-                self._channel_error[ch] = error
-            else:
-                self._channel_error.pop(ch, None)
 
     def close(self) -> None:
         """Stop serving, release the worker threads and the session manager this app created."""

@@ -79,7 +79,7 @@ def resolve_methods(target: Any) -> tuple[Callable[..., Any] | None, Callable[..
         if not callable(target):
             _callable_of(target)  # raises the clear TypeError
         fn = target
-        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(getattr(fn, "__call__", None)):
+        if inspect.iscoroutinefunction(fn) or inspect.iscoroutinefunction(type(fn).__call__):
             return None, fn
         return fn, None
     cls = type(target)

@@ -25,7 +25,10 @@ from ..errors import PortInUseError
 if TYPE_CHECKING:
     from .app import Nexus
 
-__all__ = ["ServerGroup", "bind_socket", "shutdown_signals"]
+__all__ = ["Serving", "ServerGroup", "bind_socket", "shutdown_signals"]
+
+#: The channels a platform serves (the CLI is a client of the API).
+_CHANNELS = ("api", "cli", "mcp")
 
 logger = logging.getLogger("nexus_lab.server")
 
@@ -66,6 +69,91 @@ def _new_loop() -> asyncio.AbstractEventLoop:
     return uvloop.new_event_loop()
 
 
+class Serving:
+    """Start, stop and wait for one :class:`~nexus_lab.Nexus`'s servers; the channels' state.
+
+    ``Nexus.start/stop/wait/running`` are this class's methods; the platform
+    itself keeps the registry, the execution path and health. A channel's state
+    is ``registered`` (never started), ``serving``, ``stopped`` or ``failed``;
+    ``serving`` is reported only while the server thread is alive and both
+    uvicorn servers run, so a server that died says ``failed``.
+
+    Example::
+
+        serving = Serving(app)
+        serving.start(block=False)
+        serving.api_url          # 'http://127.0.0.1:8000'
+        serving.stop()
+    """
+
+    def __init__(self, app: Nexus) -> None:
+        self.app = app
+        self._group: ServerGroup | None = None
+        self._lock = threading.RLock()
+        self._state = "registered"
+        self._error: str | None = None
+
+    @property
+    def api_url(self) -> str | None:
+        group = self._group
+        return group.api_url if group is not None else None
+
+    @property
+    def mcp_url(self) -> str | None:
+        group = self._group
+        return group.mcp_url if group is not None else None
+
+    @property
+    def group(self) -> ServerGroup | None:
+        """The running :class:`ServerGroup` (its sockets and uvicorn servers), if any."""
+        return self._group
+
+    @property
+    def is_running(self) -> bool:
+        return self.channel_state()[0] == "serving"
+
+    def channel_state(self) -> tuple[str, str | None]:
+        """``(state, error)`` as it is now: a serving group whose thread died is ``failed``."""
+        group = self._group
+        if self._state == "serving" and (group is None or not group.is_alive):
+            reason = group.failure if group is not None else None
+            return "failed", f"the server stopped unexpectedly{': ' + reason if reason else ''}"
+        return self._state, self._error
+
+    def start(self, block: bool = True) -> None:
+        with self._lock:
+            if self._group is not None and self._group.is_running:
+                if block:
+                    raise RuntimeError("the platform is already running; call stop() first")
+                return
+            group = ServerGroup(self.app)
+            self._group = group
+        try:
+            group.start()
+        except BaseException as exc:
+            self._state, self._error = "failed", str(exc)
+            self._group = None
+            raise
+        self._state, self._error = "serving", None
+        if block:
+            self.wait()
+
+    def wait(self, stop: threading.Event | None = None) -> None:
+        group = self._group
+        try:
+            if group is not None:
+                group.wait(stop)
+        finally:
+            self.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            group, self._group = self._group, None
+        if group is not None:
+            group.stop()
+            self._state, self._error = "stopped", None
+
+
 class ServerGroup:
     """The running servers of one :class:`~nexus_lab.Nexus`."""
 
@@ -84,6 +172,20 @@ class ServerGroup:
     @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive() and not self._stopped.is_set()
+
+    @property
+    def is_alive(self) -> bool:
+        """Both uvicorn servers are up and their thread runs (what ``serving`` means)."""
+        return (
+            self.is_running
+            and self._error is None
+            and all(s.started and not s.should_exit for s, _ in self._servers)
+        )
+
+    @property
+    def failure(self) -> str | None:
+        """Why the servers ended, if they ended with an error."""
+        return None if self._error is None else f"{type(self._error).__name__}: {self._error}"
 
     def start(self) -> None:
         import uvicorn

@@ -1,0 +1,202 @@
+"""HTTP execute in the production configuration vs a bare Starlette endpoint, one run.
+
+What is measured: requests per second that ``wrk`` (``--connections``
+connections, a distinct body per request) gets from one in-process uvicorn
+(uvloop, the platform's settings, as ``ServerGroup`` runs it) serving, behind
+one path dispatcher that costs the same for all:
+
+* ``/bare`` - a bare Starlette endpoint: ``await request.json()``, answer a
+  ``JSONResponse`` of the execute response's shape;
+* ``/memory/...`` - ours, ``build_api_app(app)`` where ``app`` has API-key auth
+  (``Authorization: Bearer``), a rate limit (set high enough never to refuse,
+  but checked on every call), monitoring, and ``AIAssistant`` (mock provider)
+  deployed with sessions in the memory store; every request continues one of
+  64 sessions (round robin), so every call reads and writes a session;
+* ``/sqlite/...`` - the same with the SQLite store (a WAL file in a temp dir).
+
+The whole call is measured: HTTP parsing, the guard, the body, validation, the
+session read, the agent, the session write, encoding. Rounds are interleaved
+(bare, memory, sqlite, bare, ...) so drift hits all alike; the printed ratio is
+the median over ``--rounds`` of (ours / bare of the same round).
+
+Targets (issue "production path"): memory >= 0.6x bare, SQLite >= 0.3x bare.
+Printed, never fails the run. Loopback only, bounded in time.
+
+    python benchmarks/bench_http_prod.py                    # 3 rounds x 4 s, 32 connections
+    python benchmarks/bench_http_prod.py --rounds 5 --duration 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_http import Server  # noqa: E402  (same directory)
+
+KEY = "bench-key-0123456789"
+POOL = 64
+TARGETS = {"memory": 0.6, "sqlite": 0.3}
+
+LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer %(key)s"
+local sessions = {%(sessions)s}
+local counter = 0
+request = function()
+  counter = counter + 1
+  local sid = sessions[(counter %% #sessions) + 1]
+  return wrk.format(nil, nil, nil,
+    '{"inputs":{"query":"message number ' .. counter .. '"},"session_id":"' .. sid .. '"}')
+end
+"""
+
+BARE_LUA = r"""
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+local counter = 0
+request = function()
+  counter = counter + 1
+  return wrk.format(nil, nil, nil, '{"inputs":{"query":"message number ' .. counter .. '"}}')
+end
+"""
+
+
+def build(tmp: str):
+    from starlette.applications import Starlette
+    from starlette.requests import Request
+    from starlette.responses import JSONResponse
+    from starlette.routing import Route
+
+    from nexus_lab import AIAssistant, Nexus, NexusSessionManager, deploy_with_sessions
+    from nexus_lab.platform.http import build_api_app
+
+    apps, pools, closers = {}, {}, []
+    for kind, store in (("memory", None), ("sqlite", f"sqlite:///{tmp}/sessions.db")):
+        app = Nexus(
+            api_port=0, mcp_port=0, enable_auth=True, api_keys={KEY: "bench"},
+            rate_limit=10**9, enable_monitoring=True,
+        )
+        manager = NexusSessionManager(cleanup_interval=300, session_ttl=3600, store=store)
+        deploy_with_sessions(AIAssistant(config={"llm_provider": "mock"}), app, "assistant", manager)
+        pools[kind] = [manager.create_session("bench").session_id for _ in range(POOL)]
+        apps[kind] = build_api_app(app)
+        closers.append((app, manager))
+
+    async def bare_endpoint(request: Request) -> JSONResponse:
+        data = await request.json()
+        return JSONResponse(
+            {"outputs": {"response": data["inputs"]["query"]}, "session_id": None,
+             "execution_time_ms": 0.0}
+        )
+
+    bare = Starlette(routes=[Route("/bare", bare_endpoint, methods=["POST"])])
+
+    async def dispatch(scope, receive, send):
+        path = scope.get("path", "")
+        if path.startswith("/bare"):
+            await bare(scope, receive, send)
+            return
+        kind, _, rest = path[1:].partition("/")
+        scope = dict(scope, path="/" + rest, raw_path=None)
+        await apps[kind](scope, receive, send)
+
+    return dispatch, pools, closers
+
+
+def wrk(binary: str, url: str, script: str, duration: float, connections: int) -> tuple[float, str]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+        path = f.name
+    try:
+        proc = subprocess.run(
+            [binary, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
+             "-s", path, url],
+            capture_output=True, text=True, timeout=duration + 60,
+        )
+    finally:
+        os.unlink(path)
+    m = re.search(r"Requests/sec:\s*([\d.]+)", proc.stdout)
+    if proc.returncode != 0 or not m:
+        raise SystemExit(f"wrk failed:\n{proc.stdout}\n{proc.stderr}")
+    notes = []
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", proc.stdout)
+    if bad:
+        notes.append(f"{bad.group(1)} non-2xx responses!")
+    errs = re.search(r"Socket errors:.*", proc.stdout)
+    if errs:
+        notes.append(errs.group(0))
+    p99 = re.search(r"99%\s+([\d.]+\w+)", proc.stdout)
+    if p99:
+        notes.append(f"p99 {p99.group(1)}")
+    return float(m.group(1)), " ".join(notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
+    ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
+    ap.add_argument("--connections", type=int, default=32, help="connections (default 32)")
+    args = ap.parse_args(argv)
+    if not (0 < args.duration <= 60 and 0 < args.rounds <= 20 and 0 < args.connections <= 512):
+        ap.error("keep the run bounded: duration <= 60 s, rounds <= 20, connections <= 512")
+    binary = shutil.which("wrk")
+    if binary is None:
+        print("wrk not found (apt-get install wrk): this benchmark needs it")
+        return 0
+
+    with tempfile.TemporaryDirectory() as tmp:
+        asgi, pools, closers = build(tmp)
+        scripts = {
+            "bare": BARE_LUA,
+            **{
+                kind: LUA % {"key": KEY, "sessions": ",".join(f'"{s}"' for s in pool)}
+                for kind, pool in pools.items()
+            },
+        }
+        paths = {"bare": "/bare", "memory": "/memory/api/workflows/assistant/execute",
+                 "sqlite": "/sqlite/api/workflows/assistant/execute"}
+        print(f"python {sys.version.split()[0]}, cpus={os.cpu_count()}, wrk -t1 "
+              f"-c{args.connections} -d{round(args.duration)}s x {args.rounds} rounds, interleaved")
+        print("ours = auth + rate limit + monitoring + a session per call (pool of 64), AIAssistant (mock)")
+        results: dict[str, list[float]] = {k: [] for k in scripts}
+        ratios: dict[str, list[float]] = {"memory": [], "sqlite": []}
+        with Server(asgi, "uvloop") as srv:
+            for kind in scripts:  # warm-up
+                wrk(binary, srv.url + paths[kind], scripts[kind], 1, args.connections)
+            for r in range(args.rounds):
+                row = {}
+                for kind in scripts:
+                    rps, note = wrk(binary, srv.url + paths[kind], scripts[kind], args.duration,
+                                    args.connections)
+                    row[kind] = rps
+                    results[kind].append(rps)
+                    print(f"  round {r + 1} {kind:7} {rps:9.0f} req/s  {note}")
+                for kind in ratios:
+                    ratios[kind].append(row[kind] / row["bare"])
+        for app, manager in closers:
+            app.close()
+            manager.close()
+
+    print("\nmedian over rounds:")
+    print(f"  bare    {statistics.median(results['bare']):9.0f} req/s")
+    for kind, target in TARGETS.items():
+        ratio = statistics.median(ratios[kind])
+        verdict = "met" if ratio >= target else "MISSED"
+        print(f"  {kind:7} {statistics.median(results[kind]):9.0f} req/s  {ratio:.2f}x bare "
+              f"(target >= {target}x: {verdict})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
