@@ -15,6 +15,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -31,6 +32,7 @@ from ..errors import (
     ConfigError,
     DeploymentExists,
     DeploymentNotFound,
+    ExecutionTimeout,
     NexusError,
     SessionNotFound,
 )
@@ -59,6 +61,20 @@ logger = logging.getLogger("nexus_lab")
 DISCOVERY_GROUP = "nexus_lab.deployments"
 
 
+def _check_timeout(name: str, value: Any) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value < float("inf"):
+        raise ConfigError(f"{name} must be a positive number of seconds or None, got {value!r}", field=name)
+    return float(value)
+
+
+def _check_count(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ConfigError(f"{name} must be a positive integer, got {value!r}", field=name)
+    return value
+
+
 def _check_port(name: str, value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value <= 65535:
         raise ConfigError(f"{name} must be an integer between 0 and 65535 (0 picks a free port), got {value!r}", field=name)
@@ -85,6 +101,13 @@ class Nexus:
         max_body_bytes: largest accepted request body on the API.
         deploy_cache_size: entries kept by this app's deployment cache.
         worker_threads: threads that run sync agents, so a slow agent never blocks the server.
+        execution_timeout: seconds a served call (API, CLI, MCP) may take before the caller
+            gets 504; a deployment's own ``timeout=`` wins. ``None``: no limit. A timed-out
+            async agent is cancelled; a sync one cannot be stopped, so its worker thread is
+            written off and the pool may start another one in its place.
+        max_concurrency: calls of one deployment in flight at once before others get 503
+            (default: three quarters of ``worker_threads``), so that one hung agent cannot
+            take every worker; a deployment's own ``max_concurrency=`` wins.
     """
 
     def __init__(
@@ -102,6 +125,8 @@ class Nexus:
         max_body_bytes: int = 1024 * 1024,
         deploy_cache_size: int = 128,
         worker_threads: int = 40,
+        execution_timeout: float | None = 60.0,
+        max_concurrency: int | None = None,
         title: str = "nexus_lab",
     ) -> None:
         self.api_port = _check_port("api_port", api_port)
@@ -134,6 +159,10 @@ class Nexus:
         if not isinstance(worker_threads, int) or isinstance(worker_threads, bool) or worker_threads < 1:
             raise ConfigError("worker_threads must be a positive integer", field="worker_threads")
         self.worker_threads = worker_threads
+        self.execution_timeout = _check_timeout("execution_timeout", execution_timeout)
+        if max_concurrency is None:
+            max_concurrency = max(1, worker_threads * 3 // 4)
+        self.max_concurrency = _check_count("max_concurrency", max_concurrency)
         self.started_at = time.time()
         self.auto_discovery = bool(auto_discovery)
         if self.auto_discovery:
@@ -172,8 +201,13 @@ class Nexus:
         session_manager: Any = None,
         replace: bool = False,
         merge_channels: bool = False,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
     ) -> Deployment:
         """Compile (or fetch from this app's cache) and register a deployment."""
+        timeout = _check_timeout("timeout", timeout)
+        if max_concurrency is not None:
+            _check_count("max_concurrency", max_concurrency)
         if target is None:
             raise ValueError("Agent cannot be None: pass an agent with process() or a typed function")
         validate_name(name)
@@ -202,7 +236,10 @@ class Nexus:
             if old is not None and merge_channels and old.target is target:
                 chans |= old.channels
                 manager = manager or old.session_manager
-            dep = Deployment(name=name, target=target, compiled=compiled, channels=chans, session_manager=manager)
+            dep = Deployment(
+                name=name, target=target, compiled=compiled, channels=chans, session_manager=manager,
+                timeout=timeout, max_concurrency=max_concurrency,
+            )
             self._deployments[name] = dep
         return dep
 
@@ -327,12 +364,24 @@ class Nexus:
         if started is None:
             started = _request_started() or time.perf_counter()
         dep = self._lookup(name, channel)
+        timeout = dep.timeout or self.execution_timeout
         if not dep.compiled.is_async:
-            return await self._worker_pool().run(
+            ticket = _Ticket()
+            pool = self._worker_pool()
+            call = pool.run(
                 functools.partial(
-                    self._run_sync, dep, inputs, channel, session_id, principal, coerce_strings, started
+                    self._run_sync, dep, inputs, channel, session_id, principal, coerce_strings,
+                    started, ticket,
                 )
             )
+            if timeout is None:
+                return await call
+            try:
+                return await asyncio.wait_for(call, timeout)
+            except asyncio.TimeoutError:
+                if ticket.abandon():  # the agent still holds its thread: let the pool replace it
+                    pool.abandon()
+                raise self._timed_out(dep, channel, started, timeout) from None
         flow = self._flow(dep, inputs, channel, session_id, principal, coerce_strings, started)
         manager = dep.session_manager or self._session_manager
         offload = self._worker_pool().run if getattr(manager, "blocking", False) else None
@@ -346,7 +395,13 @@ class Nexus:
             value = error = None
             try:
                 if step[0] is _AGENT:
-                    value = await dep.acall(step[1], step[2])
+                    if timeout is None:
+                        value = await dep.acall(step[1], step[2])
+                    else:
+                        try:
+                            value = await asyncio.wait_for(dep.acall(step[1], step[2]), timeout)
+                        except asyncio.TimeoutError:  # the agent's coroutine was cancelled
+                            error = self._timed_out(dep, channel, started, timeout, cancelled=True)
                 elif offload is not None:
                     value = await offload(functools.partial(step[0], *step[1], **step[2]))
                 else:
@@ -354,24 +409,46 @@ class Nexus:
             except BaseException as exc:  # delivered to the flow, which maps and records it
                 error = exc
 
-    def _run_sync(self, dep, inputs, channel, session_id, principal, coerce_strings, started) -> Execution:
-        """Drive :meth:`_flow` on this thread."""
+    def _run_sync(
+        self, dep, inputs, channel, session_id, principal, coerce_strings, started, ticket=None
+    ) -> Execution:
+        """Drive :meth:`_flow` on this thread.
+
+        With a ``ticket`` whose caller gave up (a timeout), the steps after the agent
+        are not run: nothing is written for a call the caller saw fail.
+        """
         flow = self._flow(dep, inputs, channel, session_id, principal, coerce_strings, started)
         value: Any = None
         error: BaseException | None = None
-        while True:
-            try:
-                step = flow.send(value) if error is None else flow.throw(error)
-            except StopIteration as stop:
-                return stop.value
-            value = error = None
-            try:
-                if step[0] is _AGENT:
-                    value = dep.call(step[1], step[2])
-                else:
-                    value = step[0](*step[1], **step[2])
-            except BaseException as exc:
-                error = exc
+        try:
+            while True:
+                try:
+                    step = flow.send(value) if error is None else flow.throw(error)
+                except StopIteration as stop:
+                    return stop.value
+                value = error = None
+                if ticket is not None and ticket.abandoned:
+                    error = ExecutionTimeout(f"deployment {dep.name!r} timed out")
+                    continue
+                try:
+                    if step[0] is _AGENT:
+                        value = dep.call(step[1], step[2])
+                    else:
+                        value = step[0](*step[1], **step[2])
+                except BaseException as exc:
+                    error = exc
+        finally:
+            if ticket is not None and ticket.finish():
+                self._worker_pool().reclaim()
+
+    def _timed_out(self, dep, channel, started, timeout, *, cancelled=False) -> ExecutionTimeout:
+        what = "cancelled" if cancelled else "abandoned (its worker thread is written off until it returns)"
+        if self.enable_monitoring:  # the flow does not record a timeout itself
+            elapsed = time.perf_counter() - started
+            self._record(dep.name, channel, elapsed, elapsed, False)
+        return ExecutionTimeout(
+            f"deployment {dep.name!r} did not finish within its timeout of {timeout:g} s; the call was {what}"
+        )
 
     def _lookup(self, name: str | Deployment, channel: str) -> Deployment:
         if not isinstance(channel, str) or not channel:
@@ -395,7 +472,12 @@ class Nexus:
         are here once, so the sync and async paths cannot disagree.
         """
         agent_seconds = 0.0
-        ok = False
+        try:
+            dep.acquire(dep.max_concurrency or self.max_concurrency)
+        except NexusError:
+            if self.enable_monitoring:  # refused calls are failures the caller saw
+                self._record(dep.name, channel, time.perf_counter() - started, 0.0, False)
+            raise
         try:
             values = dep.schema.validate(inputs, coerce_strings=coerce_strings)
             manager = None
@@ -433,11 +515,17 @@ class Nexus:
                     (session_id, functools.partial(session_update, values, outputs, channel=channel)),
                     {"channel": channel},
                 )
-            ok = True
-        finally:
-            elapsed = time.perf_counter() - started
+        except ExecutionTimeout:
+            raise  # recorded where the caller was told (see _timed_out)
+        except BaseException:
             if self.enable_monitoring:
-                self._record(dep.name, channel, elapsed, agent_seconds, ok)
+                self._record(dep.name, channel, time.perf_counter() - started, agent_seconds, False)
+            raise
+        finally:
+            dep.release()
+        elapsed = time.perf_counter() - started
+        if self.enable_monitoring:
+            self._record(dep.name, channel, elapsed, agent_seconds, True)
         return Execution(dep.name, outputs, session_id, elapsed * 1000.0, channel, agent_seconds * 1000.0, body)
 
     def _worker_pool(self):
@@ -598,6 +686,29 @@ class Nexus:
 
 #: Marks the agent call among the steps :meth:`Nexus._flow` yields.
 _AGENT = object()
+
+
+class _Ticket:
+    """One served sync call, shared by the loop (which may give up on it) and its worker."""
+
+    __slots__ = ("abandoned", "_done", "_lock")
+
+    def __init__(self) -> None:
+        self.abandoned = False
+        self._done = False
+        self._lock = threading.Lock()
+
+    def abandon(self) -> bool:
+        """The caller gives up; True if the call is still running (its thread is held)."""
+        with self._lock:
+            self.abandoned = True
+            return not self._done
+
+    def finish(self) -> bool:
+        """The call ended; True if it had been abandoned while running."""
+        with self._lock:
+            self._done = True
+            return self.abandoned
 
 
 def _request_started() -> float | None:

@@ -11,6 +11,9 @@ MCP                   the tool ``<name>``
 ====================  ==========================================
 
 ``deploy_multi_channel`` registers ONE deployment reachable on all three.
+Every deploy function also takes ``timeout=SECONDS`` (a served call that runs
+longer answers 504; default: the platform's ``execution_timeout``) and
+``max_concurrency=N`` (calls in flight at once before 503).
 Deploying again under the same name replaces the deployment on purpose;
 compiled schemas come from the app's own bounded cache unless
 ``use_cache=False``.
@@ -72,46 +75,60 @@ def _check(agent: Any, app: Any) -> None:
 
 
 def _deploy(agent: Any, app: Any, name: str, channels: tuple[str, ...], use_cache: bool,
-            session_manager: Any = None, merge: bool = True) -> Any:
+            session_manager: Any = None, merge: bool = True, **limits: Any) -> Any:
     _check(agent, app)
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
     return app._deploy(
         name, agent, channels=channels, use_cache=use_cache, session_manager=session_manager,
-        replace=True, merge_channels=merge,
+        replace=True, merge_channels=merge, **limits,
     )
 
 
-def deploy_as_api(agent: Any, app: Any, name: str, use_cache: bool = True) -> str:
+def deploy_as_api(
+    agent: Any, app: Any, name: str, use_cache: bool = True, *,
+    timeout: float | None = None, max_concurrency: int | None = None,
+) -> str:
     """Expose ``agent`` on the HTTP API; returns ``/api/workflows/<name>/execute``."""
-    _deploy(agent, app, name, ("api",), use_cache)
+    _deploy(agent, app, name, ("api",), use_cache, timeout=timeout, max_concurrency=max_concurrency)
     return _identifier("api", name)
 
 
-def deploy_as_cli(agent: Any, app: Any, name: str, use_cache: bool = True) -> str:
+def deploy_as_cli(
+    agent: Any, app: Any, name: str, use_cache: bool = True, *,
+    timeout: float | None = None, max_concurrency: int | None = None,
+) -> str:
     """Expose ``agent`` to the ``nexus`` CLI; returns ``nexus run <name>``."""
-    _deploy(agent, app, name, ("cli",), use_cache)
+    _deploy(agent, app, name, ("cli",), use_cache, timeout=timeout, max_concurrency=max_concurrency)
     return _identifier("cli", name)
 
 
-def deploy_as_mcp(agent: Any, app: Any, name: str, use_cache: bool = True) -> str:
+def deploy_as_mcp(
+    agent: Any, app: Any, name: str, use_cache: bool = True, *,
+    timeout: float | None = None, max_concurrency: int | None = None,
+) -> str:
     """Expose ``agent`` as an MCP tool; returns the tool name."""
-    _deploy(agent, app, name, ("mcp",), use_cache)
+    _deploy(agent, app, name, ("mcp",), use_cache, timeout=timeout, max_concurrency=max_concurrency)
     return _identifier("mcp", name)
 
 
-def deploy_multi_channel(agent: Any, app: Any, name: str, use_cache: bool = True) -> DeploymentChannels:
+def deploy_multi_channel(
+    agent: Any, app: Any, name: str, use_cache: bool = True, *,
+    timeout: float | None = None, max_concurrency: int | None = None,
+) -> DeploymentChannels:
     """Register ONE deployment reachable on the API, the CLI and MCP.
 
     >>> deploy_multi_channel(agent, app, "assistant")
     {'api': '/api/workflows/assistant/execute', 'cli': 'nexus run assistant', 'mcp': 'assistant'}
     """
-    _deploy(agent, app, name, CHANNELS, use_cache, merge=False)
+    _deploy(agent, app, name, CHANNELS, use_cache, merge=False, timeout=timeout,
+            max_concurrency=max_concurrency)
     return DeploymentChannels((c, _identifier(c, name)) for c in CHANNELS)
 
 
 def deploy_with_sessions(
-    agent: Any, app: Any, name: str, session_manager: Any, use_cache: bool = True
+    agent: Any, app: Any, name: str, session_manager: Any, use_cache: bool = True, *,
+    timeout: float | None = None, max_concurrency: int | None = None,
 ) -> DeploymentChannels:
     """Like :func:`deploy_multi_channel`, with ``session_manager`` attached.
 
@@ -127,6 +144,7 @@ def deploy_with_sessions(
 
     if not isinstance(session_manager, NexusSessionManager):
         raise TypeError(f"session_manager must be a NexusSessionManager, got {type(session_manager).__name__}")
-    _deploy(agent, app, name, CHANNELS, use_cache, session_manager=session_manager, merge=False)
+    _deploy(agent, app, name, CHANNELS, use_cache, session_manager=session_manager, merge=False,
+            timeout=timeout, max_concurrency=max_concurrency)
     app._adopt_session_manager(session_manager)
     return DeploymentChannels((c, _identifier(c, name)) for c in CHANNELS)

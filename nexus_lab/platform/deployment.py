@@ -12,6 +12,7 @@ import asyncio
 import inspect
 import json
 import re
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -184,6 +185,10 @@ class Deployment:
     channels: set[str] = field(default_factory=lambda: set(CHANNELS))
     session_manager: Any = None
     created_at: float = field(default_factory=time.time)
+    #: Seconds a served call may run (None: the platform's ``execution_timeout``).
+    timeout: float | None = None
+    #: Calls allowed in flight at once (None: the platform's default).
+    max_concurrency: int | None = None
 
     @property
     def schema(self) -> InputSchema:
@@ -200,6 +205,29 @@ class Deployment:
     def __post_init__(self) -> None:
         self._sync = _bind(self.target, self.compiled.sync_attr)
         self._async = _bind(self.target, self.compiled.async_attr)
+        self._in_flight = 0
+        self._slots = threading.Lock()
+
+    @property
+    def in_flight(self) -> int:
+        """Calls of this deployment running now (a timed-out call counts until its agent returns)."""
+        return self._in_flight
+
+    def acquire(self, limit: int) -> None:
+        """Take an in-flight slot, or raise :class:`~nexus_lab.errors.ServiceUnavailable`."""
+        with self._slots:
+            if self._in_flight >= limit:
+                from ..errors import ServiceUnavailable
+
+                raise ServiceUnavailable(
+                    f"deployment {self.name!r} already has {self._in_flight} calls in flight "
+                    f"(max_concurrency={limit}); retry later"
+                )
+            self._in_flight += 1
+
+    def release(self) -> None:
+        with self._slots:
+            self._in_flight -= 1
 
     def _kwargs(self, values: dict[str, Any], session_state: dict[str, Any] | None) -> dict[str, Any]:
         if not self.compiled.accepts_state:

@@ -33,7 +33,8 @@ __all__ = [
     "API_KEYS_ENV",
 ]
 
-#: Environment variable holding ``key:user,key2:user2`` (or bare keys, user = key's prefix).
+#: Environment variable holding ``key:user,key2:user2`` (a bare key is its own user,
+#: named ``key-<12 hex digits of its SHA-256>``).
 API_KEYS_ENV = "NEXUS_API_KEYS"
 
 
@@ -108,7 +109,15 @@ class ApiKeyAuth:
 
 
 def _default_user(key: str) -> str:
-    return f"key-{key[:4]}" if len(key) > 8 else "api-user"
+    """The principal of a key given without ``:user``: its own, and revealing none of the key.
+
+    ``key-`` plus 12 hex digits of the key's SHA-256, so two keys are always two
+    users (a prefix of the key itself would merge ``teamA-...`` and ``teamB-...``
+    keys into one ``key-team`` and print part of each key in every session).
+    """
+    import hashlib
+
+    return "key-" + hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
 def _parse_env_keys(text: str) -> dict[str, str]:

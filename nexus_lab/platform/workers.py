@@ -82,11 +82,26 @@ class WorkerPool:
         self._lock = threading.Lock()
         self._completions: dict[asyncio.AbstractEventLoop, _Completions] = {}
         self._closed = False
+        # threads held by calls whose caller gave up (a timeout): the pool may start that many
+        # more, so a hung agent cannot starve every other call of a worker
+        self._abandoned = 0
+        self._started = 0
 
     @property
     def threads(self) -> int:
-        """Worker threads started so far."""
+        """Worker threads alive now."""
         return len(self._threads)
+
+    def abandon(self) -> None:
+        """A running call's caller gave up on it (timeout): allow one more thread until
+        :meth:`reclaim` says that call ended."""
+        with self._lock:
+            self._abandoned += 1
+
+    def reclaim(self) -> None:
+        """An abandoned call ended; its thread is one of the pool's again."""
+        with self._lock:
+            self._abandoned = max(0, self._abandoned - 1)
 
     async def run(self, fn: Callable[[], T]) -> T:
         """Run ``fn()`` in a worker thread and return (or raise) what it did."""
@@ -104,9 +119,10 @@ class WorkerPool:
             raise RuntimeError("the worker pool is closed")
         if not self._idle.acquire(blocking=False):  # no idle worker: start one if allowed
             with self._lock:
-                if len(self._threads) < self.max_workers:
+                if len(self._threads) < self.max_workers + self._abandoned:
+                    self._started += 1
                     thread = threading.Thread(
-                        target=self._work, name=f"{self.name}-{len(self._threads)}", daemon=True
+                        target=self._work, name=f"{self.name}-{self._started}", daemon=True
                     )
                     self._threads.append(thread)
                     thread.start()
@@ -125,6 +141,10 @@ class WorkerPool:
                 value, ok = exc, False
             completions.push(future, ok, value)
             del item, future, fn, value
+            with self._lock:  # a surplus thread (started for an abandoned call) leaves
+                if len(self._threads) > self.max_workers + self._abandoned and not self._closed:
+                    self._threads.remove(threading.current_thread())
+                    return
             self._idle.release()
 
     def close(self, timeout: float = 5.0) -> None:
