@@ -127,6 +127,13 @@ class InputSchema:
                 f"inputs must be a JSON object mapping input names to values, got {type(inputs).__name__}",
                 field="inputs",
             )
+        bad = _unencodable_path(inputs)
+        if bad is not None:
+            raise InputValidationError(
+                f"invalid input {bad!r}: text that is not valid Unicode (a lone surrogate such as "
+                "'\\ud800'); send UTF-8 text",
+                field=bad.split(".")[0].split("[")[0] or "inputs",
+            )
         if coerce_strings and self._structured:
             inputs = dict(inputs)
             for key in self._structured & inputs.keys():
@@ -182,6 +189,40 @@ class InputSchema:
     def __repr__(self) -> str:
         parts = [f"{f.name}: {f.type_name}{'' if f.required else ' = …'}" for f in self.fields]
         return f"InputSchema({', '.join(parts)})"
+
+
+def _bad_text(text: str) -> bool:
+    if text.isascii():
+        return False
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def _unencodable_path(value: Any) -> str | None:
+    """The path (``a.b[2]``) of the first string or key that UTF-8 cannot encode, or None.
+
+    JSON's ``\\ud800`` escape decodes to a lone surrogate that no store, log or
+    response can encode later; it is refused at the door, naming where it was.
+    Iterative, so a deeply nested value cannot exhaust the stack.
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if _bad_text(item):
+                return path or "inputs"
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(key, str) and _bad_text(key):
+                    return f"{path}.{key!r}" if path else repr(key)
+                stack.append((f"{path}.{key}" if path else str(key), sub))
+        elif isinstance(item, (list, tuple)):
+            for i, sub in enumerate(item):
+                stack.append((f"{path}[{i}]", sub))
+    return None
 
 
 def _model_name(title: str) -> str:

@@ -241,3 +241,31 @@ def test_spec_optional_dependency_pattern(agent):
         agent.process(query="...")
         channels = None
     assert channels["mcp"] == "assistant"
+
+
+def test_an_unknown_provider_is_refused_at_deploy_time():
+    from nexus_lab import AIAssistant, ConfigError, Nexus, deploy_multi_channel
+
+    app = Nexus()
+    with pytest.raises(ConfigError, match="opnai.*available: .*mock.*openai") as info:
+        deploy_multi_channel(AIAssistant(config={"llm_provider": "opnai"}), app, "a")
+    assert info.value.field == "llm_provider"
+    assert "a" not in app.deployments
+
+
+def test_a_changed_description_is_a_new_cache_entry():
+    from nexus_lab import AIAssistant, Nexus, deploy_multi_channel
+
+    app = Nexus()
+    one, two = AIAssistant(), AIAssistant()
+    one.tool_description = "Answers questions"
+    two.tool_description = "Writes poems"
+    deploy_multi_channel(one, app, "a")
+    assert app.deployments["a"].description == "Answers questions"
+    deploy_multi_channel(two, app, "a")
+    assert app.deployments["a"].description == "Writes poems"
+    one.tool_description = "Answers questions, briefly"
+    deploy_multi_channel(one, app, "a")
+    assert app.deployments["a"].description == "Answers questions, briefly"
+    deploy_multi_channel(one, app, "a")  # unchanged: a cache hit
+    assert app.deploy_cache_info()["hits"] >= 1

@@ -260,3 +260,25 @@ def test_health_tells_the_truth_when_a_server_dies(make_app):
     assert app.health_check()["status"] == "stopped"
     with pytest.raises(httpx.TransportError):
         httpx.get(f"{group.api_url}/health", timeout=2, trust_env=False)
+
+
+def test_start_without_the_server_extras_names_the_extra(tmp_path):
+    """Without uvicorn/starlette/mcp, start() says what to install instead of a bare ImportError."""
+    script = textwrap.dedent(
+        """
+        import sys
+        for mod in ("uvicorn", "starlette", "mcp"):
+            sys.modules[mod] = None  # as if not installed
+        from nexus_lab import Nexus
+        from nexus_lab.errors import ConfigError
+        app = Nexus(api_port=0, mcp_port=0)
+        try:
+            app.start(block=False)
+        except ConfigError as exc:
+            print("ERROR:", exc)
+        print("STATE:", app.health_check()["status"])
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert "pip install 'nexus-lab[server]'" in done.stdout, done.stdout + done.stderr
+    assert "STATE: degraded" in done.stdout

@@ -211,6 +211,7 @@ class Nexus:
         if target is None:
             raise ValueError("Agent cannot be None: pass an agent with process() or a typed function")
         validate_name(name)
+        _check_provider(target)
         key = _cache_key(name, target) if use_cache and self._cache_size else None
         compiled = None
         with self._lock:
@@ -719,6 +720,26 @@ def _request_started() -> float | None:
     return var.get() if var is not None else None
 
 
+#: Agent attributes that change what a deployment shows (its description, MCP tool metadata).
+_TOOL_METADATA = ("tool_description", "description", "tool_annotations", "tool_title", "__doc__")
+
+
+def _check_provider(target: Any) -> None:
+    """Refuse an agent whose ``config.llm_provider`` names no provider, at deploy time."""
+    provider = getattr(getattr(target, "config", None), "llm_provider", None)
+    if not isinstance(provider, str):
+        return
+    from ..providers import available_providers
+
+    known = available_providers()
+    if provider.strip().lower() not in known:
+        raise ConfigError(
+            f"config field 'llm_provider' is {provider!r}, which is no provider; "
+            f"available: {', '.join(known)}",
+            field="llm_provider",
+        )
+
+
 def _cache_key(name: str, target: Any) -> tuple | None:
     """Key of the deployment cache: the name plus what decides the compiled schema.
 
@@ -729,7 +750,9 @@ def _cache_key(name: str, target: Any) -> tuple | None:
     config = getattr(target, "config", None)
     fingerprint = getattr(config, "fingerprint", None)
     if callable(fingerprint):
-        return (name, type(target), fingerprint())
+        # what the tool shows is part of what is compiled: a changed description is a new entry
+        shown = tuple(repr(getattr(target, attr, None)) for attr in _TOOL_METADATA)
+        return (name, type(target), fingerprint(), shown)
     try:
         hash(target)
     except TypeError:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
-from ..errors import PortInUseError
+from ..errors import ConfigError, PortInUseError
 
 if TYPE_CHECKING:
     from .app import Nexus
@@ -188,10 +188,17 @@ class ServerGroup:
         return None if self._error is None else f"{type(self._error).__name__}: {self._error}"
 
     def start(self) -> None:
-        import uvicorn
+        try:
+            import uvicorn
 
-        from .http import build_api_app
-        from .mcp import build_mcp_app
+            from .http import build_api_app
+            from .mcp import build_mcp_app
+        except ModuleNotFoundError as exc:
+            raise ConfigError(
+                f"serving needs the server extras, which are not installed (missing module "
+                f"{exc.name!r}): pip install 'nexus-lab[server]'",
+                field="server",
+            ) from exc
 
         app = self.app
         api_sock = bind_socket(app.host, app.api_port)
