@@ -154,3 +154,28 @@ def test_timeouts_are_validated(make_app, bad):
     app = make_app()
     with pytest.raises(ConfigError, match="timeout"):
         deploy_multi_channel(lambda query: {}, app, "x", timeout=bad)
+
+
+# --------------------------------------------------------------------------- 11: too big for the session
+def test_a_query_that_cannot_fit_the_session_is_refused_before_the_agent_runs(make_app, serve):
+    calls = []
+
+    def agent(query: str) -> dict:
+        calls.append(query)
+        return {"response": "ok"}
+
+    app = make_app()
+    manager = NexusSessionManager(cleanup_interval=300, max_state_bytes=4096)
+    deploy_with_sessions(agent, app, "small", manager)
+    client = serve(app)
+    sid = manager.create_session("anonymous").session_id
+    r = client.post("/api/workflows/small/execute",
+                    json={"inputs": {"query": "x" * 3000}, "session_id": sid})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "session_state_error"
+    assert "max_state_bytes" in r.json()["error"]["message"]
+    assert calls == []  # the agent never ran
+    assert manager.get_session_state(sid) == {}  # nothing stored
+    ok = client.post("/api/workflows/small/execute", json={"inputs": {"query": "hi"}, "session_id": sid})
+    assert ok.status_code == 200 and calls == ["hi"]
+    manager.close()

@@ -35,6 +35,7 @@ from ..errors import (
     ExecutionTimeout,
     NexusError,
     SessionNotFound,
+    SessionStateError,
 )
 from .deployment import (
     CHANNELS,
@@ -493,6 +494,7 @@ class Nexus:
                 if session is None:
                     raise SessionNotFound(session_id)
                 state = session.state
+                _check_room(manager, state, values, channel)
             elif dep.session_manager is not None:
                 manager = dep.session_manager
                 session = yield (manager.create_session, (principal or "anonymous",), {})
@@ -710,6 +712,31 @@ class _Ticket:
         with self._lock:
             self._done = True
             return self.abandoned
+
+
+def _check_room(manager: Any, state: dict[str, Any], values: dict[str, Any], channel: str) -> None:
+    """Refuse, before the agent runs, a call whose inputs alone would overflow the session.
+
+    The state after the call holds the query twice (``last_query`` and the
+    history); with an empty response it must still fit ``max_state_bytes``.
+    """
+    limit = getattr(manager, "max_state_bytes", None)
+    if limit is None:
+        return
+    from ..sessions.models import encode_json
+
+    merged = dict(state)
+    merged.update(session_update(values, {}, state, channel))
+    try:
+        size = len(encode_json(merged))
+    except (TypeError, ValueError):
+        return  # not JSON: the write after the agent names the problem
+    if size > limit:
+        raise SessionStateError(
+            f"this call would make the session state {size:,} bytes as JSON, over its "
+            f"{limit:,}-byte limit (max_state_bytes), before the agent's answer; send a shorter "
+            "input or start a new session"
+        )
 
 
 def _request_started() -> float | None:
