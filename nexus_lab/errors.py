@@ -2,7 +2,12 @@
 
 Every error carries a message that names the problem, so that channels can
 turn it into a clean response (HTTP JSON, a CLI line, an MCP error) without a
-traceback. ``http_status`` tells the HTTP channel which status code to use.
+traceback. An error also knows its HTTP form: ``http_status`` (the status
+code), :meth:`NexusError.to_dict` (the ``{"type", "message", ...}`` object of
+the JSON body) and :attr:`NexusError.headers` (headers the response must carry,
+e.g. ``Retry-After`` on a 429). The one function that writes an error as an
+HTTP response, :func:`nexus_lab.platform.guard.error_response`, reads only
+these three, so an error is built complete where it is raised.
 
 Example::
 
@@ -14,6 +19,9 @@ Example::
 """
 
 from __future__ import annotations
+
+import math
+from collections.abc import Mapping
 
 __all__ = [
     "NexusError",
@@ -32,6 +40,9 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "MethodNotAllowed",
+    "HTTPError",
+    "InternalError",
     "NexusConnectionError",
     "ServiceUnavailable",
     "ExecutionTimeout",
@@ -54,6 +65,14 @@ class NexusError(Exception):
     def to_dict(self) -> dict:
         """The JSON error body used by every channel: ``{"type": ..., "message": ...}``."""
         return {"type": self.error_type, "message": self.message}
+
+    @property
+    def headers(self) -> dict[str, str]:
+        """HTTP headers a response for this error carries (none unless the subclass has some).
+
+        A new dict on every access, so a caller may add to it freely.
+        """
+        return {}
 
 
 class ConfigError(NexusError, ValueError):
@@ -130,22 +149,50 @@ class ProviderError(NexusError, RuntimeError):
 
 
 class AuthenticationError(NexusError):
-    """Missing or wrong API key (HTTP 401)."""
+    """Missing or wrong API key (HTTP 401), answered with ``WWW-Authenticate: Bearer``.
+
+    ``rate_limit_headers``: the ``X-RateLimit-*`` headers of the rejected
+    request (failed attempts are rate limited too), carried to the response.
+    """
 
     http_status = 401
     error_type = "unauthorized"
 
+    def __init__(self, message: str = "", rate_limit_headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.rate_limit_headers = dict(rate_limit_headers or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"WWW-Authenticate": "Bearer", **self.rate_limit_headers}
+
 
 class RateLimitExceeded(NexusError):
-    """Too many requests for one principal (HTTP 429)."""
+    """Too many requests for one principal (HTTP 429), answered with ``Retry-After``.
+
+    ``rate_limit_headers``: the limiter's ``X-RateLimit-*`` headers, carried
+    to the response beside ``Retry-After`` (whole seconds, at least 1).
+    """
 
     http_status = 429
     error_type = "rate_limited"
 
-    def __init__(self, message: str, retry_after: float, limit: int) -> None:
+    def __init__(
+        self,
+        message: str,
+        retry_after: float,
+        limit: int,
+        rate_limit_headers: Mapping[str, str] | None = None,
+    ) -> None:
         super().__init__(message)
         self.retry_after = retry_after
         self.limit = limit
+        self.rate_limit_headers = dict(rate_limit_headers or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        # rounded up: a client retrying after a rounded-down delay would be refused again
+        return {**self.rate_limit_headers, "Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class AgentExecutionError(NexusError):
@@ -201,6 +248,56 @@ class PayloadTooLarge(NexusError):
 
     http_status = 413
     error_type = "payload_too_large"
+
+
+class MethodNotAllowed(NexusError):
+    """The route exists but not for this HTTP method (HTTP 405, with ``Allow``)."""
+
+    http_status = 405
+    error_type = "method_not_allowed"
+
+    def __init__(self, message: str, allow: str) -> None:
+        super().__init__(message)
+        self.allow = allow
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Allow": self.allow}
+
+
+class HTTPError(NexusError):
+    """Any other HTTP-level refusal, with the status (and headers) it was raised with."""
+
+    error_type = "http_error"
+
+    def __init__(self, message: str, status: int, headers: Mapping[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.http_status = status
+        self._headers = dict(headers or {})
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return dict(self._headers)
+
+
+class InternalError(NexusError):
+    """An unexpected bug in the platform (HTTP 500).
+
+    The message names only the error id; the traceback is logged under that id,
+    never sent to the caller.
+    """
+
+    http_status = 500
+    error_type = "internal_error"
+
+    def __init__(self, error_id: str) -> None:
+        super().__init__(f"internal server error; see the server log for error id {error_id}")
+        self.error_id = error_id
+
+    def to_dict(self) -> dict:
+        body = super().to_dict()
+        body["error_id"] = self.error_id
+        return body
 
 
 class NexusConnectionError(NexusError, ConnectionError):
