@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
+import time
 from typing import Any
 
 import httpx
@@ -25,8 +26,20 @@ from nexus_lab import (
     deploy_multi_channel,
     deploy_with_sessions,
 )
-from nexus_lab.errors import AuthenticationError, RateLimitExceeded
-from nexus_lab.platform.guard import authenticate_request, check_rate, guard_request
+from nexus_lab.errors import (
+    AuthenticationError,
+    InputValidationError,
+    MethodNotAllowed,
+    NexusError,
+    RateLimitExceeded,
+)
+from nexus_lab.platform.guard import (
+    authenticate_request,
+    check_rate,
+    error_response,
+    guard_request,
+    request_started,
+)
 
 
 # ----------------------------------------------------------------------------- agents
@@ -101,7 +114,31 @@ def test_execute_returns_outputs_session_and_time(client):
     assert body["outputs"] == {"echo": "abab"}
     assert body["session_id"] is None
     assert isinstance(body["execution_time_ms"], (int, float)) and body["execution_time_ms"] >= 0
+    assert isinstance(body["agent_time_ms"], (int, float))
+    assert 0 <= body["agent_time_ms"] <= body["execution_time_ms"]
     assert r.headers["content-type"] == "application/json"
+
+
+async def since_arrival() -> dict:
+    """An async agent (runs on the loop, in the request's context) reading the guard's clock."""
+    started = request_started.get()
+    if started is None:
+        return {"arrived": False}
+    return {"arrived": True, "ms": (time.perf_counter() - started) * 1000.0}
+
+
+def test_execution_time_is_measured_from_the_request_reaching_the_platform(make_app, serve):
+    """The guard notes the arrival first; the execution path measures from it (no timing thresholds)."""
+    app = make_app()
+    deploy_multi_channel(since_arrival, app, "since_arrival")
+    c = serve(app)
+    body = c.post("/api/workflows/since_arrival/execute", json={"inputs": {}}).json()
+    assert body["outputs"]["arrived"] is True
+    # the agent ran after the arrival and before the response was ready
+    assert body["outputs"]["ms"] <= body["execution_time_ms"]
+    assert body["agent_time_ms"] <= body["execution_time_ms"]
+    # outside a request nothing is set (in-process calls measure from the call)
+    assert app.invoke("since_arrival", {}) == {"arrived": False}
 
 
 def test_execute_with_nested_model_input(client):
@@ -182,6 +219,10 @@ def test_openapi_describes_every_deployment_and_route(client):
     assert echo_inputs["required"] == ["text"]
     assert echo_inputs["properties"]["n"]["type"] == "integer"
     assert "error" in doc["components"]["schemas"]["Error"]["properties"]
+    result = doc["components"]["schemas"]["ExecutionResult"]
+    assert result["properties"]["agent_time_ms"]["type"] == "number"
+    assert "agent_time_ms" not in result["required"]  # optional: older servers do not send it
+    assert set(result["required"]) == {"outputs", "session_id", "execution_time_ms"}
     for path, methods in {
         "/api/workflows": {"get"},
         "/api/workflows/{name}": {"get"},
@@ -774,7 +815,9 @@ def test_rate_limit_is_per_principal(make_app, serve):
     assert r.status_code == 200 and r.headers["x-ratelimit-remaining"] == "1"
     # wrong keys are counted per client address, apart from the users' buckets
     for _ in range(2):
-        _error(c.get("/api/workflows", headers={"X-API-Key": "guess"}), 401)
+        r = c.get("/api/workflows", headers={"X-API-Key": "guess"})
+        _error(r, 401)
+        assert r.headers["www-authenticate"] == "Bearer" and r.headers["x-ratelimit-limit"] == "2"
     _error(c.get("/api/workflows", headers={"X-API-Key": "guess"}), 429)
     assert c.get("/api/workflows", headers=BOB).status_code == 200
 
@@ -800,3 +843,33 @@ def test_error_bodies_are_json_objects(client):
     """Every error response parses as {"error": {...}} (spot check of json content)."""
     r = client.post("/api/workflows/echo/execute", json={"inputs": {}})
     assert json.loads(r.content)["error"]["type"] == "validation_error"
+
+
+# ----------------------------------------------------------------------------- errors carry their headers
+def test_errors_carry_their_own_headers():
+    assert NexusError("x").headers == {}
+    assert AuthenticationError("no key").headers == {"WWW-Authenticate": "Bearer"}
+    limited = {"X-RateLimit-Limit": "5", "X-RateLimit-Remaining": "0"}
+    assert AuthenticationError("no key", rate_limit_headers=limited).headers == {
+        "WWW-Authenticate": "Bearer",
+        **limited,
+    }
+    over = RateLimitExceeded("slow down", retry_after=2.1, limit=5, rate_limit_headers=limited)
+    assert over.headers == {**limited, "Retry-After": "3"}  # rounded up, never 0
+    assert RateLimitExceeded("x", retry_after=0.01, limit=5).headers == {"Retry-After": "1"}
+    assert MethodNotAllowed("use POST", "POST").headers == {"Allow": "POST"}
+
+
+def test_error_response_is_the_one_error_writer():
+    invalid = InputValidationError("bad", field="n", errors=[{"loc": ["n"]}])
+    r = error_response(invalid)
+    assert r.status_code == 422 and r.media_type == "application/json"
+    assert json.loads(r.body) == {
+        "error": {"type": "validation_error", "message": "bad", "field": "n", "errors": [{"loc": ["n"]}]}
+    }
+    r = error_response(RateLimitExceeded("slow down", retry_after=1, limit=1), jsonrpc=True)
+    assert r.status_code == 429 and r.headers["retry-after"] == "1"
+    body = json.loads(r.body)
+    assert body["jsonrpc"] == "2.0" and body["id"] is None
+    assert body["error"]["type"] == "rate_limited" and body["error"]["message"] == "slow down"
+    assert body["error"]["data"] == {"type": "rate_limited", "http_status": 429}

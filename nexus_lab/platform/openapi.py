@@ -1,0 +1,430 @@
+"""The OpenAPI 3.1 document of the HTTP API (served at ``GET /openapi.json``).
+
+:func:`build_openapi` describes what :mod:`nexus_lab.platform.http` serves for
+one platform: one ``POST /api/workflows/{name}/execute`` path per deployment on
+the API or CLI channel, whose request body is that deployment's input schema
+(the same pydantic-generated JSON Schema that validates the inputs, with its
+``$defs`` hoisted into ``components.schemas``), plus the fixed workflow,
+session and platform routes. 401/429 responses and the security schemes
+appear only when auth / the rate limit are on, ``/metrics`` only with
+monitoring.
+
+:class:`OpenAPICache` keeps the encoded document and rebuilds it only when
+something it describes changes (a deployment added, replaced or removed, or
+a platform setting), so serving it costs a tuple comparison.
+
+Example::
+
+    from nexus_lab.platform.openapi import build_openapi
+    doc = build_openapi(app)
+    doc["paths"]["/api/workflows/assistant/execute"]["post"]["requestBody"]
+"""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .app import Nexus
+
+__all__ = ["build_openapi", "OpenAPICache"]
+
+JSON_TYPE = "application/json"
+# default=str: a schema default pydantic could not make JSON (rare) becomes text, not a 500
+_encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=str).encode
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["error"],
+    "properties": {
+        "error": {
+            "type": "object",
+            "required": ["type", "message"],
+            "properties": {
+                "type": {
+                    "type": "string",
+                    "examples": ["validation_error", "not_found", "agent_error"],
+                },
+                "message": {"type": "string"},
+                "field": {
+                    "type": "string",
+                    "description": "the offending input (validation errors)",
+                },
+                "error_id": {
+                    "type": "string",
+                    "description": "look this id up in the server log (500s)",
+                },
+                "errors": {"type": "array", "items": {"type": "object"}},
+            },
+            "additionalProperties": True,
+        }
+    },
+}
+
+_EXECUTION_SCHEMA = {
+    "type": "object",
+    "required": ["outputs", "session_id", "execution_time_ms"],
+    "properties": {
+        "outputs": {"type": "object", "additionalProperties": True},
+        "session_id": {"type": ["string", "null"]},
+        "execution_time_ms": {
+            "type": "number",
+            "description": "what the call took inside the platform, from the request reaching it "
+            "to the response being ready (validation, session, agent, encoding)",
+        },
+        "agent_time_ms": {
+            "type": "number",
+            "description": "the agent's own part of execution_time_ms",
+        },
+    },
+}
+
+_SESSION_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "session_id": {"type": "string"},
+        "user_id": {"type": "string"},
+        "created_at": {"type": "number"},
+        "last_accessed": {"type": "number"},
+        "expires_at": {"type": "number"},
+        "ttl": {"type": "number"},
+        "channels": {"type": "array", "items": {"type": "string"}},
+        "metadata": {"type": "object"},
+        "state": {"type": "object"},
+    },
+}
+
+_WORKFLOW_SCHEMA = {
+    "type": "object",
+    "properties": {
+        "name": {"type": "string"},
+        "kind": {"type": "string", "enum": ["agent", "function"]},
+        "description": {"type": "string"},
+        "channels": {"type": "array", "items": {"type": "string"}},
+        "sessions": {"type": "boolean"},
+        "endpoint": {"type": "string"},
+        "inputs": {"type": "array", "items": {"type": "object"}},
+        "input_schema": {"type": "object"},
+    },
+}
+
+
+def _err(description: str) -> dict[str, Any]:
+    return {
+        "description": description,
+        "content": {JSON_TYPE: {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def _ok(
+    description: str, schema: dict[str, Any], status_content: str = JSON_TYPE
+) -> dict[str, Any]:
+    return {"description": description, "content": {status_content: {"schema": schema}}}
+
+
+def _safe_key(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "._-" else "_" for ch in text)
+
+
+def _hoist(schema: dict[str, Any], schemas: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """Move ``$defs`` into ``components.schemas`` (as ``prefix_Name``) and rewrite the refs."""
+    defs = schema.pop("$defs", None) or {}
+    mapping = {f"#/$defs/{k}": f"#/components/schemas/{_safe_key(prefix + '_' + k)}" for k in defs}
+
+    def rewrite(node: Any) -> Any:
+        if isinstance(node, dict):
+            out = {k: rewrite(v) for k, v in node.items()}
+            ref = out.get("$ref")
+            if isinstance(ref, str) and ref in mapping:
+                out["$ref"] = mapping[ref]
+            return out
+        if isinstance(node, list):
+            return [rewrite(v) for v in node]
+        return node
+
+    for k, v in defs.items():
+        schemas[_safe_key(prefix + "_" + k)] = rewrite(v)
+    return rewrite(schema)
+
+
+def build_openapi(app: Nexus) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of ``app``'s HTTP API, one execute path per deployment."""
+    from .. import __version__
+
+    auth = app.auth is not None
+    limited = app.rate_limiter is not None
+    schemas: dict[str, Any] = {
+        "Error": _ERROR_SCHEMA,
+        "ExecutionResult": _EXECUTION_SCHEMA,
+        "Session": _SESSION_SCHEMA,
+        "Workflow": _WORKFLOW_SCHEMA,
+    }
+
+    def common(*extra: tuple[str, str]) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for code, text in extra:
+            out[code] = _err(text)
+        if auth:
+            out["401"] = _err("Missing or invalid API key")
+        if limited:
+            out["429"] = _err("Rate limit exceeded; see Retry-After")
+        out["500"] = _err("Internal error (the body carries an error_id)")
+        return out
+
+    paths: dict[str, Any] = {}
+    deps = app.deployments
+    for name in sorted(deps):
+        dep = deps[name]
+        if "api" not in dep.channels and "cli" not in dep.channels:
+            continue  # MCP-only deployments are not served over HTTP
+        key = _safe_key(f"{name}_inputs")
+        schemas[key] = _hoist(dep.schema.json_schema(), schemas, name)
+        channels = [c for c in ("api", "cli") if c in dep.channels]
+        body_schema = {
+            "type": "object",
+            "required": ["inputs"],
+            "additionalProperties": False,
+            "properties": {
+                "inputs": {"$ref": f"#/components/schemas/{key}"},
+                "session_id": {
+                    "type": ["string", "null"],
+                    "description": "continue this session"
+                    + (
+                        " (a new one is created when omitted)"
+                        if dep.session_manager is not None
+                        else ""
+                    ),
+                },
+            },
+        }
+        paths[f"/api/workflows/{name}/execute"] = {
+            "post": {
+                "operationId": _safe_key(f"execute_{name}"),
+                "summary": f"Run {name}",
+                "description": dep.description,
+                "tags": ["workflows"],
+                "parameters": [
+                    {
+                        "name": "X-Nexus-Channel",
+                        "in": "header",
+                        "required": False,
+                        "description": "'cli' runs on the CLI channel (string inputs are coerced)",
+                        "schema": {"type": "string", "enum": channels},
+                    }
+                ],
+                "requestBody": {"required": True, "content": {JSON_TYPE: {"schema": body_schema}}},
+                "responses": {
+                    "200": _ok(
+                        "The deployment's outputs", {"$ref": "#/components/schemas/ExecutionResult"}
+                    ),
+                    **common(
+                        ("400", "Malformed JSON or a bad X-Nexus-Channel header"),
+                        ("404", "Unknown deployment or session"),
+                        ("413", f"Body over {app.max_body_bytes} bytes"),
+                        ("422", "Inputs do not match the schema (the error names the field)"),
+                    ),
+                },
+            }
+        }
+
+    name_param = {"name": "name", "in": "path", "required": True, "schema": {"type": "string"}}
+    sid_param = {"name": "session_id", "in": "path", "required": True, "schema": {"type": "string"}}
+    paths["/api/workflows"] = {
+        "get": {
+            "operationId": "list_workflows",
+            "summary": "List deployments with their input schemas",
+            "tags": ["workflows"],
+            "responses": {
+                "200": _ok(
+                    "Deployments",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "workflows": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Workflow"},
+                            }
+                        },
+                    },
+                ),
+                **common(),
+            },
+        }
+    }
+    paths["/api/workflows/{name}"] = {
+        "get": {
+            "operationId": "get_workflow",
+            "summary": "One deployment",
+            "tags": ["workflows"],
+            "parameters": [name_param],
+            "responses": {
+                "200": _ok("The deployment", {"$ref": "#/components/schemas/Workflow"}),
+                **common(("404", "Unknown deployment")),
+            },
+        }
+    }
+    user_note = "the authenticated user's sessions" if auth else "sessions, optionally of one user"
+    list_params = (
+        []
+        if auth
+        else [{"name": "user_id", "in": "query", "required": False, "schema": {"type": "string"}}]
+    )
+    paths["/api/sessions"] = {
+        "get": {
+            "operationId": "list_sessions",
+            "summary": f"List {user_note}",
+            "tags": ["sessions"],
+            "parameters": list_params,
+            "responses": {
+                "200": _ok(
+                    "Sessions (without state)",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "sessions": {
+                                "type": "array",
+                                "items": {"$ref": "#/components/schemas/Session"},
+                            },
+                            "count": {"type": "integer"},
+                        },
+                    },
+                ),
+                **common(("403", "Another user's sessions")),
+            },
+        },
+        "post": {
+            "operationId": "create_session",
+            "summary": "Create a session",
+            "tags": ["sessions"],
+            "requestBody": {
+                "required": False,
+                "content": {
+                    JSON_TYPE: {
+                        "schema": {
+                            "type": "object",
+                            "additionalProperties": False,
+                            "properties": {
+                                "user_id": {
+                                    "type": "string",
+                                    "description": "must be the caller's user id with auth",
+                                },
+                                "metadata": {"type": "object"},
+                                "ttl": {"type": "number", "exclusiveMinimum": 0},
+                            },
+                        }
+                    }
+                },
+            },
+            "responses": {
+                "201": _ok("The new session", {"$ref": "#/components/schemas/Session"}),
+                **common(
+                    ("400", "Malformed JSON"),
+                    ("403", "user_id is not the caller's"),
+                    ("422", "Invalid field"),
+                ),
+            },
+        },
+    }
+    paths["/api/sessions/{session_id}"] = {
+        "get": {
+            "operationId": "get_session",
+            "summary": "Session info and state",
+            "tags": ["sessions"],
+            "parameters": [sid_param],
+            "responses": {
+                "200": _ok("The session", {"$ref": "#/components/schemas/Session"}),
+                **common(("404", "Unknown, expired or another user's session")),
+            },
+        },
+        "delete": {
+            "operationId": "delete_session",
+            "summary": "Delete a session",
+            "tags": ["sessions"],
+            "parameters": [sid_param],
+            "responses": {
+                "200": _ok(
+                    "Deleted",
+                    {
+                        "type": "object",
+                        "properties": {
+                            "deleted": {"type": "boolean"},
+                            "session_id": {"type": "string"},
+                        },
+                    },
+                ),
+                **common(("404", "Unknown, expired or another user's session")),
+            },
+        },
+    }
+    paths["/health"] = {
+        "get": {
+            "operationId": "health",
+            "summary": "Platform health (never needs a key, never rate limited)",
+            "tags": ["platform"],
+            "security": [],
+            "responses": {"200": _ok("Health", {"type": "object"})},
+        }
+    }
+    paths["/openapi.json"] = {
+        "get": {
+            "operationId": "openapi",
+            "summary": "This document",
+            "tags": ["platform"],
+            "responses": {"200": _ok("OpenAPI 3.1 document", {"type": "object"}), **common()},
+        }
+    }
+    if app.enable_monitoring:
+        paths["/metrics"] = {
+            "get": {
+                "operationId": "metrics",
+                "summary": "Prometheus metrics (text format 0.0.4)",
+                "tags": ["platform"],
+                "responses": {"200": _ok("Metrics", {"type": "string"}, "text/plain"), **common()},
+            }
+        }
+
+    doc: dict[str, Any] = {
+        "openapi": "3.1.0",
+        "info": {"title": app.title, "version": __version__, "description": "nexus_lab HTTP API"},
+        "paths": paths,
+        "components": {"schemas": schemas},
+    }
+    if auth:
+        doc["components"]["securitySchemes"] = {
+            "bearerAuth": {"type": "http", "scheme": "bearer"},
+            "apiKeyAuth": {"type": "apiKey", "in": "header", "name": "X-API-Key"},
+        }
+        doc["security"] = [{"bearerAuth": []}, {"apiKeyAuth": []}]
+    return doc
+
+
+class OpenAPICache:
+    """The encoded document of one platform, rebuilt when what it describes changes."""
+
+    def __init__(self) -> None:
+        self._key: tuple[Any, ...] | None = None
+        self._body = b""
+
+    @staticmethod
+    def _key_of(app: Nexus) -> tuple[Any, ...]:
+        # the Deployment object's id: a redeploy under the same name replaces the object
+        deployments = tuple(
+            (name, id(dep), tuple(sorted(dep.channels)))
+            for name, dep in sorted(app.deployments.items())
+        )
+        return (
+            deployments,
+            app.auth is not None,
+            app.rate_limiter is not None,
+            app.enable_monitoring,
+            app.max_body_bytes,
+        )
+
+    def body(self, app: Nexus) -> bytes:
+        """The document as JSON bytes."""
+        key = self._key_of(app)
+        if key != self._key:
+            self._body = _encode(build_openapi(app)).encode()
+            self._key = key
+        return self._body
