@@ -13,6 +13,7 @@ import json
 import re
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import httpx
@@ -36,6 +37,7 @@ from nexus_lab import (  # noqa: E402
     deploy_multi_channel,
     deploy_with_sessions,
 )
+from nexus_lab.platform.guard import request_started  # noqa: E402
 from nexus_lab.platform.mcp import OUTPUT_SCHEMA, build_mcp_server  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
@@ -157,6 +159,7 @@ def test_list_and_call_over_http(app):
             }
             assert r.structured_content["session_id"] is None
             assert r.structured_content["execution_time_ms"] >= 0
+            assert 0 <= r.structured_content["agent_time_ms"] <= r.structured_content["execution_time_ms"]
             assert json.loads(text_of(r)) == r.structured_content  # text carries the same JSON
 
             r = await client.call_tool("add", {"a": 40, "b": 2})
@@ -306,6 +309,34 @@ def test_monitoring_records_the_mcp_channel():
     assert "mcp" in app.metrics
     assert app.metrics.get_summary("mcp")["count"] == 3
     assert app.metrics.get_summary("workflow:add")["count"] == 3
+
+
+async def since_arrival() -> dict:
+    """An async agent (awaited in the tool call's context) reading the guard's clock."""
+    started = request_started.get()
+    if started is None:
+        return {"arrived": False}
+    return {"arrived": True, "ms": (time.perf_counter() - started) * 1000.0}
+
+
+def test_execution_time_is_measured_from_the_request_reaching_the_platform(app):
+    """Over HTTP the guard notes the arrival and the tool call measures from it; in-process nothing is set."""
+    deploy_as_mcp(since_arrival, app, "since_arrival")
+
+    async def over_http(url):
+        async with connect(url) as client:
+            return (await client.call_tool("since_arrival", {})).structured_content
+
+    async def in_process():
+        async with Client(build_mcp_server(app)) as client:
+            return (await client.call_tool("since_arrival", {})).structured_content
+
+    with serving(app) as url:
+        result = run(over_http(url))
+    assert result["outputs"]["arrived"] is True
+    assert result["outputs"]["ms"] <= result["execution_time_ms"]
+    assert result["agent_time_ms"] <= result["execution_time_ms"]
+    assert run(in_process())["outputs"] == {"arrived": False}
 
 
 def test_in_process_server_is_the_same(app):
@@ -468,6 +499,35 @@ def test_rate_limit_answers_429_after_n_requests():
             assert "rate limit" in err.error.message
 
         run(main())
+
+
+def test_get_is_405_before_auth_as_a_json_rpc_error():
+    """Stateless JSON mode has no event stream to open: GET is refused, with or without a key."""
+    app = Nexus(api_port=0, mcp_port=0, enable_auth=True, api_keys={"alice-key": "alice"})
+    with serving(app) as url:
+        r = httpx.get(url, headers={"Accept": "text/event-stream"}, timeout=10)
+        assert r.status_code == 405
+        assert r.headers["allow"] == "POST, DELETE"
+        assert r.headers["content-type"] == "application/json"
+        body = r.json()
+        assert body["jsonrpc"] == "2.0" and body["id"] is None
+        assert body["error"]["type"] == "method_not_allowed" and "POST" in body["error"]["message"]
+        assert body["error"]["data"] == {"type": "method_not_allowed", "http_status": 405}
+
+
+def test_refusals_carry_their_headers_and_rate_limit_counts_bad_keys():
+    app = Nexus(api_port=0, mcp_port=0, enable_auth=True, api_keys={"alice-key": "alice"}, rate_limit=2)
+    with serving(app) as url:
+        r = raw_post(url, LIST, **{"X-API-Key": "guess"})
+        assert r.status_code == 401
+        assert r.headers["WWW-Authenticate"] == "Bearer"
+        assert r.headers["X-RateLimit-Limit"] == "2" and r.headers["X-RateLimit-Remaining"] == "1"
+        assert r.json()["error"]["data"]["http_status"] == 401
+        assert raw_post(url, LIST, **{"X-API-Key": "guess"}).status_code == 401
+        r = raw_post(url, LIST, **{"X-API-Key": "guess"})
+        assert r.status_code == 429 and int(r.headers["Retry-After"]) >= 1
+        ok = raw_post(url, LIST, **{"X-API-Key": "alice-key"})  # alice has her own bucket
+        assert ok.status_code == 200 and ok.headers["X-RateLimit-Remaining"] == "1"
 
 
 def test_dns_rebinding_protection_on_loopback(app):

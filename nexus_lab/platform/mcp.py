@@ -6,7 +6,7 @@ Three entry points:
   the app's deployments, read from the registry on every ``tools/list`` and
   ``tools/call`` (a deployment added while serving shows up on the next list);
 * :func:`build_mcp_app` -> the ASGI app the platform serves at ``{base}/mcp``
-  (streamable HTTP), wrapped in the auth / rate-limit guard;
+  (streamable HTTP), behind the platform's guard (timing, auth, rate limit);
 * :func:`run_stdio` -> the same tools over stdio, for desktop MCP clients
   (``nexus mcp APP_REF`` or ``python -m nexus_lab.platform.mcp APP_REF``).
 
@@ -27,9 +27,11 @@ snapshotted at build time and validation is the deployment's own
 ``tool_description`` or docstring; ``inputSchema`` = the deployment's input
 schema plus an optional ``session_id`` string (unless the deployment has an
 input of that name, which then stays an input). ``outputSchema`` declares the
-structured result, which is :meth:`Execution.to_dict`::
+structured result, the same object the HTTP API answers
+(:attr:`Execution.json_body`)::
 
-    {"outputs": {...the agent's answer...}, "session_id": "..." | null, "execution_time_ms": 1.2}
+    {"outputs": {...the agent's answer...}, "session_id": "..." | null,
+     "execution_time_ms": 1.2, "agent_time_ms": 0.9}
 
 The text content carries the same object as JSON, for clients that ignore
 ``structuredContent``.
@@ -44,16 +46,22 @@ server-side - never a traceback. An unknown tool name is a protocol error
 degrades badly under concurrency) and ``stateless_http=True`` (no MCP
 transport sessions kept in one process's memory, so several workers may
 serve the same URL; conversation state lives in the platform's session
-manager, addressed by the ``session_id`` argument). :class:`MCPGuard` is an
-ASGI middleware in front of the SDK app: it forwards ``lifespan`` events (the
-SDK app's lifespan starts its session manager, and uvicorn only runs the
-outermost app's lifespan), authenticates each HTTP request with ``app.auth``
-(``Authorization: Bearer`` or ``X-API-Key``; 401 JSON otherwise), applies
-``app.rate_limiter`` per request (429 with ``Retry-After`` and
-``X-RateLimit-*``), and stores the principal in the ASGI scope, where the tool
-call reads it back through the SDK's request context
-(``ctx.request_context.request.scope``) and hands it to
-:meth:`Nexus.aexecute`, which enforces session ownership.
+manager, addressed by the ``session_id`` argument). In front of the SDK's
+app, :func:`build_mcp_app` puts two small ASGI layers::
+
+    uvicorn -> _NoEventStream -> GuardMiddleware -> SDK streamable-HTTP app -> call_tool
+               (GET -> 405)      (started, auth,                              (principal,
+                                  rate limit)                                  started)
+
+:class:`~nexus_lab.platform.guard.GuardMiddleware` is the API's guard, with
+the same policy and the same error writer; only its refusals are wrapped as
+JSON-RPC errors (``jsonrpc_errors=True``) so that an MCP client reports the
+message. It notes when each request arrived and who sent it; the tool call
+reads both back (the principal from the SDK's request context,
+``ctx.request_context.request.scope``; the arrival time from
+:data:`~nexus_lab.platform.guard.request_started`) and hands them to
+:meth:`Nexus.aexecute`, which enforces session ownership and measures
+``execution_time_ms`` from the arrival.
 
 *stdio* has no auth (a local child process); the SDK diverts ``sys.stdout``
 to stderr while it serves, so an agent's ``print`` cannot corrupt the protocol,
@@ -78,19 +86,26 @@ from typing import TYPE_CHECKING, Any
 
 from mcp.server import MCPServer
 from mcp.shared.exceptions import MCPError
-from mcp_types import INVALID_PARAMS, INVALID_REQUEST, CallToolResult, TextContent
+from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
 from mcp_types import Tool as MCPTool
 
-from ..errors import NexusError
-from .guard import PRINCIPAL_SCOPE_KEY, current_principal, guard_request
+from ..errors import MethodNotAllowed, NexusError
+from .guard import (
+    PRINCIPAL_SCOPE_KEY,
+    GuardMiddleware,
+    current_principal,
+    error_response,
+    request_started,
+)
 
 if TYPE_CHECKING:
+    from starlette.types import ASGIApp, Receive, Scope, Send
+
     from .app import Nexus
     from .deployment import Deployment
 
 __all__ = [
     "NexusMCPServer",
-    "MCPGuard",
     "build_mcp_server",
     "build_mcp_app",
     "run_stdio",
@@ -115,7 +130,7 @@ _SESSION_PROPERTY = {
     ),
 }
 
-#: JSON Schema of ``structured_content`` on success (:meth:`Execution.to_dict`).
+#: JSON Schema of ``structured_content`` on success (:attr:`Execution.json_body`).
 OUTPUT_SCHEMA: dict[str, Any] = {
     "type": "object",
     "properties": {
@@ -124,7 +139,11 @@ OUTPUT_SCHEMA: dict[str, Any] = {
             "type": ["string", "null"],
             "description": "The session this call read and updated, if any.",
         },
-        "execution_time_ms": {"type": "number"},
+        "execution_time_ms": {
+            "type": "number",
+            "description": "What the call took inside the platform, from the request reaching it.",
+        },
+        "agent_time_ms": {"type": "number", "description": "The agent's own part of it."},
     },
     "required": ["outputs", "session_id", "execution_time_ms"],
 }
@@ -207,10 +226,15 @@ class NexusMCPServer(MCPServer):
                     f"invalid input {SESSION_ARG!r}: must be a string, got {type(session_id).__name__}"
                 )
             session_id = session_id or None
-        principal = _principal_of(context)
         try:
             execution = await self.nexus.aexecute(
-                name, args, channel=CHANNEL, session_id=session_id, principal=principal
+                name,
+                args,
+                channel=CHANNEL,
+                session_id=session_id,
+                principal=_principal_of(context),
+                # set by the guard when the HTTP request arrived (None on stdio / in-process)
+                started=request_started.get(),
             )
         except NexusError as exc:
             return _error_result(exc.message or exc.error_type)
@@ -220,10 +244,11 @@ class NexusMCPServer(MCPServer):
             return _error_result(
                 f"tool {name!r} failed with {type(exc).__name__}; see the server log for error id {error_id}"
             )
-        payload = execution.to_dict()
-        text, payload = _to_json(payload)
+        # the body the HTTP API answers, encoded once by the execution path; parsed back for
+        # structuredContent, so text and structure always agree and hold only JSON values
+        text = execution.json_body.decode()
         return CallToolResult(
-            content=[TextContent(type="text", text=text)], structured_content=payload
+            content=[TextContent(type="text", text=text)], structured_content=json.loads(text)
         )
 
 
@@ -231,17 +256,8 @@ def _error_result(message: str) -> CallToolResult:
     return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
 
 
-def _to_json(payload: dict[str, Any]) -> tuple[str, dict[str, Any]]:
-    """The JSON text of ``payload`` and a JSON-safe payload (values JSON cannot hold become strings)."""
-    try:
-        return json.dumps(payload, ensure_ascii=False), payload
-    except (TypeError, ValueError):
-        text = json.dumps(payload, ensure_ascii=False, default=str)
-        return text, json.loads(text)
-
-
 def _principal_of(context: Any) -> str | None:
-    """The principal :class:`MCPGuard` put in this HTTP request's scope (None on stdio)."""
+    """The principal the guard put in this HTTP request's scope (None on stdio)."""
     try:
         request = context.request_context.request
     except (AttributeError, ValueError):  # no context, or one built outside a request
@@ -285,90 +301,35 @@ def build_mcp_server(app: Nexus, **kwargs: Any) -> NexusMCPServer:
 # ----------------------------------------------------------------------
 # HTTP
 # ----------------------------------------------------------------------
-class MCPGuard:
-    """ASGI middleware: auth and rate limit per HTTP request, principal into the scope.
+class _NoEventStream:
+    """Answers ``GET`` with 405 (the one error writer, as a JSON-RPC error); the rest passes.
 
-    The policy is the platform's (:func:`nexus_lab.platform.guard.guard_request`,
-    shared with the HTTP API). Only the error body differs: it is also a
-    JSON-RPC error (see :func:`_json_error`). Non-HTTP scopes (``lifespan``) go
-    straight to the wrapped app, so the SDK app's lifespan - which starts its
-    session manager - runs under uvicorn.
+    Stateless JSON mode has no server-initiated messages: the SDK would answer
+    a GET with an SSE stream that never sends nor ends (and holds up graceful
+    shutdown). Refused before the guard, as before it existed: a GET costs
+    neither a rate-limit token nor a key check.
     """
 
-    def __init__(self, app: Any, nexus: Nexus) -> None:
+    def __init__(self, app: ASGIApp) -> None:
         self.app = app
-        self.nexus = nexus
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        nexus = self.nexus
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] == "http" and scope["method"] == "GET":
-            # Stateless JSON mode has no server-initiated messages: a GET would open an
-            # SSE stream that never sends nor ends (and holds up graceful shutdown).
-            await _json_error(
-                send, 405,
-                {"type": "method_not_allowed", "message": "use POST for MCP requests (stateless JSON mode; no SSE stream)"},
-                {"Allow": "POST, DELETE"},
+            refusal = MethodNotAllowed(
+                "use POST for MCP requests (stateless JSON mode; no SSE stream)", "POST, DELETE"
             )
+            await error_response(refusal, jsonrpc=True)(scope, receive, send)
             return
-        if scope["type"] != "http" or (nexus.auth is None and nexus.rate_limiter is None):
-            await self.app(scope, receive, send)
-            return
-        try:
-            result = guard_request(nexus, scope["headers"], scope.get("client"))
-        except NexusError as exc:
-            await _json_error(
-                send, exc.http_status, exc.to_dict(), getattr(exc, "headers", None) or {}
-            )
-            return
-        scope[PRINCIPAL_SCOPE_KEY] = result.principal
-        token = current_principal.set(result.principal)
-        try:
-            if not result.headers:
-                await self.app(scope, receive, send)
-                return
-            extra = [
-                (k.lower().encode("latin-1"), v.encode("latin-1"))
-                for k, v in result.headers.items()
-            ]
-
-            async def send_with_headers(message: dict) -> None:
-                if message["type"] == "http.response.start":
-                    message = dict(message)
-                    message["headers"] = [*message.get("headers", ()), *extra]
-                await send(message)
-
-            await self.app(scope, receive, send_with_headers)
-        finally:
-            current_principal.reset(token)
+        await self.app(scope, receive, send)
 
 
-async def _json_error(send: Any, status: int, error: dict, headers: dict[str, str]) -> None:
-    """An HTTP error whose body is both the platform's and a JSON-RPC error.
-
-    ``{"error": {"type", "message"}}`` is the platform-wide shape (same as the
-    HTTP API); ``jsonrpc``/``id``/``error.code``/``error.data`` make the same
-    body a valid JSON-RPC error, which the MCP SDK client surfaces as an
-    ``MCPError`` carrying the message instead of a generic "error response".
-    """
-    err = dict(error)
-    err["code"] = INVALID_REQUEST
-    err["data"] = {"type": error.get("type"), "http_status": status}
-    body = json.dumps({"jsonrpc": "2.0", "id": None, "error": err}).encode()
-    raw = [
-        (b"content-type", b"application/json"),
-        (b"content-length", str(len(body)).encode()),
-    ] + [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
-    await send({"type": "http.response.start", "status": status, "headers": raw})
-    await send({"type": "http.response.body", "body": body})
-
-
-def build_mcp_app(app: Nexus, *, path: str = MCP_PATH) -> MCPGuard:
+def build_mcp_app(app: Nexus, *, path: str = MCP_PATH) -> ASGIApp:
     """The ASGI app serving ``app``'s tools over streamable HTTP at ``path`` (``/mcp``).
 
     Stateless JSON-response mode (see the module docstring), DNS-rebinding
     protection on loopback binds (the SDK's default for ``127.0.0.1``,
     ``localhost`` and ``::1``), request bodies capped at ``app.max_body_bytes``,
-    wrapped in :class:`MCPGuard`.
+    behind the platform's :class:`~nexus_lab.platform.guard.GuardMiddleware`.
     """
     server = build_mcp_server(app)
     inner = server.streamable_http_app(
@@ -378,7 +339,8 @@ def build_mcp_app(app: Nexus, *, path: str = MCP_PATH) -> MCPGuard:
         host=app.host,
         max_request_body_size=app.max_body_bytes,
     )
-    return MCPGuard(inner, app)
+    # no exempt paths: MCP has no /health, every request is checked
+    return _NoEventStream(GuardMiddleware(inner, app, exempt_paths=(), jsonrpc_errors=True))
 
 
 # ----------------------------------------------------------------------
