@@ -31,7 +31,6 @@ Example::
 from __future__ import annotations
 
 import functools
-import html
 import inspect
 import math
 import threading
@@ -318,26 +317,9 @@ class PerformanceMetrics:
         return f"PerformanceMetrics(categories={self.categories()!r})"
 
     def _repr_html_(self) -> str:
-        summary = self.get_summary()
-        if not summary:
-            return "<p><b>PerformanceMetrics</b>: no samples recorded yet</p>"
-        head = "".join(
-            f"<th>{h}</th>"
-            for h in ("category", "count", "errors", "mean ms", "p50 ms", "p95 ms", "p99 ms")
-        )
-        body = []
-        for name, s in summary.items():
-            cells = [
-                html.escape(name),
-                str(s["count"]),
-                str(s["errors"]),
-                *(f"{s[k] * 1000:.2f}" for k in ("mean", "median", "p95", "p99")),
-            ]
-            body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
-        return (
-            '<table class="nexus-metrics">'
-            f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
-        )
+        from .render import metrics_table_html
+
+        return metrics_table_html(self.get_summary())
 
 
 class PerformanceMonitor:

@@ -1,4 +1,4 @@
-"""Stable notebook reprs (nexus_lab.jupyter.reprs).
+"""Stable notebook reprs (nexus_lab.render).
 
 nbval compares ``text/plain`` and ``text/html``: what is rendered here must not
 change from run to run (no ids, addresses, ports, timestamps, durations).
@@ -11,7 +11,7 @@ import re
 import pytest
 
 from nexus_lab import AIAssistant, deploy_as_api, deploy_multi_channel, deploy_with_sessions
-from nexus_lab.jupyter.reprs import (
+from nexus_lab.render import (
     metrics_html,
     nexus_html,
     nexus_text,

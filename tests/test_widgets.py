@@ -304,7 +304,7 @@ def test_metrics_dashboard_accepts_an_app(make_app, closing) -> None:
     app.invoke("assistant", {"query": "hi"}, channel="cli")
     dash = closing(MetricsDashboard(app, auto_refresh=False))
     assert dash.metrics is app.metrics
-    assert set(dash.categories) == {"cli", "workflow:assistant"}
+    assert set(dash.categories) == {"cli", "workflow:assistant", "agent:cli"}
 
 
 # ----------------------------------------------------------------------------- Dashboard

@@ -37,15 +37,16 @@ _CHANNELS = ("api", "cli", "mcp")
 
 def chart_categories(categories: list[str]) -> list[str]:
     """The categories worth a line: channels first, then the user's own; the
-    per-deployment ``workflow:NAME`` ones only when no channel was recorded.
+    per-deployment ``workflow:NAME`` and the agents' own ``agent:CHANNEL`` ones
+    (which repeat the same calls) only when no channel was recorded.
 
-    >>> chart_categories(["workflow:a", "mcp", "api", "deployment"])
+    >>> chart_categories(["workflow:a", "mcp", "api", "agent:api", "deployment"])
     ['api', 'mcp', 'deployment']
     """
     channels = [c for c in _CHANNELS if c in categories]
     others = [c for c in categories if c not in _CHANNELS]
     if channels:
-        others = [c for c in others if not c.startswith("workflow:")]
+        others = [c for c in others if not c.startswith(("workflow:", "agent:"))]
     return channels + others
 
 

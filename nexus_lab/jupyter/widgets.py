@@ -42,8 +42,7 @@ from typing import Any
 import ipywidgets as widgets
 from traitlets import Bool, Dict, Float, Int, List, Unicode, observe, validate
 
-from ._refresh import Refresher, clamp_interval
-from .reprs import (
+from ..render import (
     _CELL,
     _TABLE,
     CHANNEL_LABELS,
@@ -54,6 +53,7 @@ from .reprs import (
     summary_table_html,
     value_text,
 )
+from ._refresh import Refresher, clamp_interval
 
 __all__ = ["ChannelStatus", "SessionInspector", "MetricsDashboard", "Dashboard", "LiveWidget"]
 

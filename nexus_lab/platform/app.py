@@ -682,7 +682,7 @@ class Nexus:
         return f"Nexus(deployments={sorted(self._deployments)!r}, {state})"
 
     def _repr_html_(self) -> str:
-        from ..jupyter.reprs import nexus_html
+        from ..render import nexus_html
 
         return nexus_html(self)
 

@@ -44,17 +44,9 @@ class DeploymentChannels(dict):
     """The ``{"api": ..., "cli": ..., "mcp": ...}`` dict a deploy returns, with an HTML view."""
 
     def _repr_html_(self) -> str:
-        import html
+        from ..render import channels_html
 
-        labels = {"api": "HTTP API", "cli": "CLI", "mcp": "MCP tool"}
-        rows = "".join(
-            f"<tr><td>{html.escape(labels.get(k, k))}</td><td><code>{html.escape(str(v))}</code></td></tr>"
-            for k, v in self.items()
-        )
-        return (
-            "<table class='nexus-channels'><thead><tr><th>channel</th><th>identifier</th></tr></thead>"
-            f"<tbody>{rows}</tbody></table>"
-        )
+        return channels_html(self)
 
 
 def _identifier(channel: str, name: str) -> str:

@@ -329,14 +329,9 @@ class Execution:
         return f"Execution(name={self.name!r}, channel={self.channel!r}, outputs={self.outputs!r})"
 
     def _repr_html_(self) -> str:
-        import html
-        import json
+        from ..render import execution_html
 
-        body = html.escape(json.dumps(self.outputs, indent=2, ensure_ascii=False, default=str))
-        return (
-            f"<div class='nexus-execution'><b>{html.escape(self.name)}</b> via "
-            f"<code>{html.escape(self.channel)}</code><pre>{body}</pre></div>"
-        )
+        return execution_html(self.name, self.channel, self.outputs)
 
 
 _encode = json.JSONEncoder(

@@ -1,4 +1,8 @@
-"""Stable HTML views of platform objects, for notebooks.
+"""HTML for notebooks: every ``_repr_html_`` and widget renders through this module.
+
+It sits at the bottom of the package (the standard library only, no
+``nexus_lab`` import), so the platform, sessions and metrics can render
+themselves without importing the Jupyter layer, and there is one renderer.
 
 nbval compares the ``text/html`` of every output, so everything rendered here
 is *stable*: it holds no ids, addresses, ports, timestamps or durations, only
@@ -11,7 +15,7 @@ This module imports only the standard library.
 
 Example::
 
-    from nexus_lab.jupyter.reprs import nexus_html, session_html, metrics_html
+    from nexus_lab.render import nexus_html, session_html, metrics_html
 
     app                       # in a cell: Nexus._repr_html_ -> nexus_html(app)
     session_html(manager.get_session(sid))
@@ -36,6 +40,9 @@ __all__ = [
     "state_tree_html",
     "state_badge",
     "value_text",
+    "execution_html",
+    "channels_html",
+    "metrics_table_html",
 ]
 
 #: Channels in display order and their labels.
@@ -288,3 +295,48 @@ def _ordered(channels: Any) -> list[str]:
 def _shorten(text: str, limit: int) -> str:
     text = str(text)
     return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def execution_html(name: str, channel: str, outputs: Any) -> str:
+    """One call's outputs (``Execution._repr_html_``)."""
+    body = esc(json.dumps(outputs, indent=2, ensure_ascii=False, default=str))
+    return (
+        f"<div class='nexus-execution'><b>{esc(name)}</b> via "
+        f"<code>{esc(channel)}</code><pre>{body}</pre></div>"
+    )
+
+
+def channels_html(identifiers: dict[str, Any]) -> str:
+    """The identifiers a deploy returns, one row per channel (``DeploymentChannels``)."""
+    labels = {"api": "HTTP API", "cli": "CLI", "mcp": "MCP tool"}
+    rows = "".join(
+        f"<tr><td>{esc(labels.get(k, k))}</td><td><code>{esc(str(v))}</code></td></tr>"
+        for k, v in identifiers.items()
+    )
+    return (
+        "<table class='nexus-channels'><thead><tr><th>channel</th><th>identifier</th></tr></thead>"
+        f"<tbody>{rows}</tbody></table>"
+    )
+
+
+def metrics_table_html(summary: dict[str, dict[str, Any]]) -> str:
+    """``PerformanceMetrics._repr_html_``: count, errors and latency per category, in ms."""
+    if not summary:
+        return "<p><b>PerformanceMetrics</b>: no samples recorded yet</p>"
+    head = "".join(
+        f"<th>{h}</th>"
+        for h in ("category", "count", "errors", "mean ms", "p50 ms", "p95 ms", "p99 ms")
+    )
+    body = []
+    for name, s in summary.items():
+        cells = [
+            esc(name),
+            str(s["count"]),
+            str(s["errors"]),
+            *(f"{s[k] * 1000:.2f}" for k in ("mean", "median", "p95", "p99")),
+        ]
+        body.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+    return (
+        '<table class="nexus-metrics">'
+        f"<thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+    )
