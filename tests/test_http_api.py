@@ -634,6 +634,10 @@ def test_metrics_endpoint_with_monitoring(make_app, serve):
     assert 'nexus_request_errors_total{category="api"} 1\n' in text
     assert 'nexus_request_errors_total{category="workflow:boom"} 1\n' in text
     assert "nexus_active_sessions 2\n" in text
+    # the agent's own time is its own summary, not a request category
+    assert "# TYPE nexus_agent_duration_seconds summary" in text
+    assert 'nexus_agent_duration_seconds_count{channel="api"} 3\n' in text
+    assert 'category="agent:' not in text
     # every sample line is "name{labels} value" or "name value" with a float value
     for line in text.splitlines():
         if line and not line.startswith("#"):

@@ -13,6 +13,11 @@ plus ``nexus_request_errors_total{category=...}`` (counter),
 ``nexus_active_sessions`` (gauge, when the platform has a session manager),
 ``nexus_deployments`` and ``nexus_uptime_seconds``.
 
+The agent's own time, recorded by the execution path under ``agent:CHANNEL``,
+is a summary of its own, ``nexus_agent_duration_seconds{channel=...}``: it is
+a part of a request's duration, not another request, so it stays out of the
+request series (and out of their error counts).
+
 Quantiles cover the metrics window (the most recent samples); ``_sum``,
 ``_count`` and the error counter cover every sample.
 
@@ -37,6 +42,8 @@ __all__ = ["render_metrics", "render_summary", "CONTENT_TYPE"]
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 _QUANTILES = (("0.5", "median"), ("0.95", "p95"), ("0.99", "p99"))
+#: Category prefix under which the execution path records the agent's own time.
+_AGENT = "agent:"
 
 
 def _value(v: Any) -> str:
@@ -54,24 +61,31 @@ def _label(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def render_summary(summary: dict[str, dict[str, Any]], prefix: str = "nexus") -> list[str]:
-    """Lines for ``PerformanceMetrics.get_summary()`` output (seconds)."""
-    if not summary:
-        return []
-    name = f"{prefix}_request_duration_seconds"
-    lines = [
-        f"# HELP {name} Execution latency per category (channel or workflow:NAME).",
-        f"# TYPE {name} summary",
-    ]
-    for category, stats in summary.items():
-        lab = _label(category)
-        for q, key in _QUANTILES:
-            if key in stats:
-                lines.append(f'{name}{{category="{lab}",quantile="{q}"}} {_value(stats[key])}')
+def _summary_lines(name: str, help_text: str, label: str, summary: dict[str, dict[str, Any]]) -> list[str]:
+    """A summary metric ``name`` with one series per key of ``summary`` (seconds)."""
+    lines = [f"# HELP {name} {help_text}", f"# TYPE {name} summary"]
+    for key, stats in summary.items():
+        lab = _label(key)
+        for q, stat in _QUANTILES:
+            if stat in stats:
+                lines.append(f'{name}{{{label}="{lab}",quantile="{q}"}} {_value(stats[stat])}')
         count = stats.get("count", 0)
         total = stats["sum"] if "sum" in stats else stats.get("mean", 0.0) * count
-        lines.append(f'{name}_sum{{category="{lab}"}} {_value(total)}')
-        lines.append(f'{name}_count{{category="{lab}"}} {_value(count)}')
+        lines.append(f'{name}_sum{{{label}="{lab}"}} {_value(total)}')
+        lines.append(f'{name}_count{{{label}="{lab}"}} {_value(count)}')
+    return lines
+
+
+def render_summary(summary: dict[str, dict[str, Any]], prefix: str = "nexus") -> list[str]:
+    """Lines for ``PerformanceMetrics.get_summary()`` output (seconds), one series per category."""
+    if not summary:
+        return []
+    lines = _summary_lines(
+        f"{prefix}_request_duration_seconds",
+        "Execution latency per category (channel or workflow:NAME).",
+        "category",
+        summary,
+    )
     errors = f"{prefix}_request_errors_total"
     lines.append(f"# HELP {errors} Executions that raised, per category.")
     lines.append(f"# TYPE {errors} counter")
@@ -82,7 +96,16 @@ def render_summary(summary: dict[str, dict[str, Any]], prefix: str = "nexus") ->
 
 def render_metrics(app: Nexus) -> str:
     """The whole ``/metrics`` page for ``app``."""
-    lines = render_summary(app.metrics.get_summary())
+    summary = app.metrics.get_summary()
+    agent = {k[len(_AGENT) :]: v for k, v in summary.items() if k.startswith(_AGENT)}
+    lines = render_summary({k: v for k, v in summary.items() if not k.startswith(_AGENT)})
+    if agent:
+        lines += _summary_lines(
+            "nexus_agent_duration_seconds",
+            "The agent's own part of the execution latency, per channel.",
+            "channel",
+            agent,
+        )
     manager = getattr(app, "_session_manager", None)  # do not create one just to report 0
     if manager is not None:
         try:
