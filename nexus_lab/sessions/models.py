@@ -9,10 +9,24 @@
   JSON check, the size check and the stored form.
 
 The module also holds the package's JSON codec (``encode_json`` /
-``decode_json``): the C encoder and scanner of the standard ``json`` module,
-built once instead of on every call, which halves the cost of the hot path.
-If the running Python's private ``json`` internals differ, the codec falls back
-to the public ``json`` API with the same output.
+``decode_json``). With orjson installed it does the work (about 10x faster
+to encode and 2x faster to decode than the standard library here); without it
+the standard library does, with the same rules. Either way the codec accepts
+and refuses the same things:
+
+* refused: NaN and +/-Infinity, dict keys that are not ``str`` (at any depth),
+  strings holding a lone surrogate such as ``"\\ud800"`` (they cannot be
+  encoded as UTF-8, so no store could hold them), nesting deeper than 254
+  containers (or circular), and types JSON has no form for (sets, bytes,
+  datetimes, dataclasses, arbitrary objects);
+* accepted as their plain JSON form: subclasses of str/int/float/dict/list,
+  tuples (as arrays), ``uuid.UUID`` (its string) and ``Enum`` members (their
+  value);
+* ints of any size: those beyond 64 bits go through the standard library, and
+  the text then starts with one space (still valid JSON) so that
+  ``decode_json`` reads it back exactly rather than as a float;
+* the text is compact UTF-8 JSON, so ``len(encode_json_bytes(x))`` is the size
+  that is stored and measured against ``max_state_bytes``.
 
 Example::
 
@@ -27,69 +41,179 @@ Example::
 
 from __future__ import annotations
 
+import enum
 import html
 import json
-from collections.abc import Callable
+import math
+import uuid
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["Session", "SessionEvent", "SessionRecord", "encode_json", "decode_json"]
+__all__ = [
+    "Session",
+    "SessionEvent",
+    "SessionRecord",
+    "encode_json",
+    "encode_json_bytes",
+    "decode_json",
+]
 
 EventAction = Literal["create", "update", "read", "delete"]
 
 
 # --------------------------------------------------------------------------- JSON codec
-def _default(obj: Any) -> Any:
-    raise TypeError(f"Object of type {type(obj).__name__} is not JSON serializable")
+_MAX_DEPTH = 254  # orjson's nesting limit; the standard-library path enforces the same one
+_INT_MIN, _INT_MAX = -(2**63), 2**64 - 1  # what orjson encodes, and decodes exactly
+_EXACT = " "  # first character of a text that holds ints beyond 64 bits
+_SURROGATE = (
+    "a string holds a lone surrogate code point (such as '\\ud800'), which cannot be "
+    "encoded as UTF-8, so it cannot be stored"
+)
+_TOO_DEEP = f"the value is nested more than {_MAX_DEPTH} levels deep, or is circular"
 
 
-def _build_codec() -> tuple[Callable[[Any], str], Callable[[str], Any]]:
-    public_encode = json.JSONEncoder(separators=(",", ":"), allow_nan=False).encode
+def _walk(obj: Any, depth: int) -> bool:
+    """Apply the rules orjson applies by itself; ``True`` if ``obj`` holds an int beyond 64 bits.
 
-    def public_decode(text: str) -> Any:
-        return json.loads(text)
+    Used by the standard-library path, and after orjson when its output holds
+    ``null`` (orjson writes NaN/Infinity as ``null``, which we must refuse).
+    """
+    if isinstance(obj, dict):
+        if depth >= _MAX_DEPTH:
+            raise ValueError(_TOO_DEEP)
+        big = False
+        for key, value in obj.items():
+            if key.__class__ is not str:
+                raise TypeError(f"dict keys must be strings at every level, got {key!r}")
+            if value.__class__ is not str and _walk(value, depth + 1):
+                big = True
+        return big
+    if isinstance(obj, (list, tuple)):
+        if depth >= _MAX_DEPTH:
+            raise ValueError(_TOO_DEEP)
+        big = False
+        for value in obj:
+            if value.__class__ is not str and _walk(value, depth + 1):
+                big = True
+        return big
+    if isinstance(obj, float):
+        if obj != obj or obj in (math.inf, -math.inf):
+            raise ValueError(f"Out of range float values are not JSON compliant: {obj!r}")
+        return False
+    if isinstance(obj, int):
+        return not isinstance(obj, bool) and not _INT_MIN <= obj <= _INT_MAX
+    if isinstance(obj, enum.Enum):
+        return _walk(obj.value, depth)
+    return False
 
+
+def _std_default(obj: Any) -> Any:
+    # what orjson encodes natively beyond plain JSON types; everything else is refused
+    if isinstance(obj, uuid.UUID):
+        return str(obj)
+    if isinstance(obj, enum.Enum):
+        return obj.value
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+_std_encode = json.JSONEncoder(
+    ensure_ascii=False, allow_nan=False, separators=(",", ":"), default=_std_default
+).encode
+
+
+def _encode_std(obj: Any) -> bytes:
+    """The standard-library encoder under the same rules as orjson (and ints of any size)."""
+    big = _walk(obj, 0)
     try:
-        from json.encoder import c_make_encoder, encode_basestring_ascii
-        from json.scanner import c_make_scanner
+        text = _std_encode(obj)
+    except RecursionError:
+        raise ValueError(_TOO_DEEP) from None
+    try:
+        raw = text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError(_SURROGATE) from None
+    return (_EXACT.encode() + raw) if big else raw
 
-        if c_make_encoder is None or c_make_scanner is None:
-            return public_encode, public_decode
-        # markers=None: no circular check; cycles end in RecursionError, which callers catch.
-        c_encode = c_make_encoder(
-            None, _default, encode_basestring_ascii, None, ":", ",", False, False, False
-        )
-        scan = c_make_scanner(json.JSONDecoder())
 
-        def fast_encode(obj: Any) -> str:
-            return "".join(c_encode(obj, 0))
+_std_decode = json.JSONDecoder().decode
 
-        def fast_decode(text: str) -> Any:
-            obj, end = scan(text, 0)
-            if end != len(text):  # trailing whitespace or text not written by us
-                return json.loads(text)
-            return obj
+try:  # orjson: an optional accelerator, same results
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - exercised by forcing the fallback in tests
+    _orjson = None
 
-        sample = {"a": [1, 2.5, None, True, "é\n"], "b": {"c": -0.0, "d": 10**20}, "e": ""}
-        if (
-            fast_encode(sample) != public_encode(sample)
-            or fast_decode(public_encode(sample)) != sample
-        ):
-            return public_encode, public_decode
+
+def _orjson_default(obj: Any) -> Any:
+    if isinstance(obj, float):  # float subclasses (numpy.float64 ...), as the stdlib takes them
+        return float(obj)
+    raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
+
+
+def _orjson_error(exc: Exception) -> Exception:
+    msg = str(exc)
+    if "surrogates" in msg:
+        return ValueError(_SURROGATE)
+    if "Dict key must be str" in msg:
+        return TypeError("dict keys must be strings at every level")
+    if "Recursion limit" in msg:
+        return ValueError(_TOO_DEEP)
+    return TypeError(msg)
+
+
+if _orjson is not None:
+    _dumps = _orjson.dumps
+    _loads = _orjson.loads
+    _OPTS = _orjson.OPT_PASSTHROUGH_DATETIME | _orjson.OPT_PASSTHROUGH_DATACLASS
+    _EncodeError = _orjson.JSONEncodeError
+    _DecodeError = _orjson.JSONDecodeError
+
+    def encode_json_bytes(obj: Any) -> bytes:
         try:
-            fast_encode({"x": float("nan")})
-        except ValueError:
-            pass
-        else:
-            return public_encode, public_decode
-        return fast_encode, fast_decode
-    except Exception:  # pragma: no cover - other interpreters or changed internals
-        return public_encode, public_decode
+            out = _dumps(obj, default=_orjson_default, option=_OPTS)
+        except _EncodeError as exc:
+            if "64-bit" in str(exc):  # a big int: the exact standard-library path
+                return _encode_std(obj)
+            raise _orjson_error(exc) from None
+        if b"null" in out:  # NaN/Infinity came out as null: check the value (rare, cheap)
+            _walk(obj, 0)
+        return out
+
+    def decode_json(text: str) -> Any:
+        if text[:1] == _EXACT:  # holds ints beyond 64 bits, which orjson would turn into floats
+            return _std_decode(text)
+        try:
+            return _loads(text)
+        except _DecodeError:  # text an older version wrote, e.g. a lone-surrogate escape
+            return _std_decode(text)
+
+else:  # pragma: no cover - without orjson
+    encode_json_bytes = _encode_std
+    decode_json = _std_decode
 
 
-encode_json, decode_json = _build_codec()
-encode_json.__doc__ = "Compact, ASCII-only JSON text of ``obj``; NaN/inf and unknown types raise."
-decode_json.__doc__ = "Decode JSON text produced by :func:`encode_json` (any JSON text works)."
+def encode_json(obj: Any) -> str:
+    """Compact UTF-8 JSON text of ``obj``; what it refuses raises ``TypeError``/``ValueError``.
+
+    Example::
+
+        encode_json({"a": [1, 2.5, None]})   # '{"a":[1,2.5,null]}'
+        encode_json({"x": float("nan")})     # ValueError
+    """
+    return encode_json_bytes(obj).decode()
+
+
+encode_json_bytes.__doc__ = """:func:`encode_json` as UTF-8 bytes: ``len()`` is the stored size.
+
+Example::
+
+    encode_json_bytes({"city": "Zürich"})   # b'{"city":"Z\\xc3\\xbcrich"}', 19 bytes
+"""
+decode_json.__doc__ = """Decode JSON text (what :func:`encode_json` wrote, or any JSON text).
+
+Example::
+
+    decode_json('{"a":[1,2]}')   # {'a': [1, 2]}, a new object on every call
+"""
 
 
 # --------------------------------------------------------------------------- records
