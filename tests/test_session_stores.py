@@ -254,7 +254,7 @@ def test_sqlite_pragmas(tmp_path):
     path = tmp_path / "p.db"
     s = SQLiteSessionStore(path, timeout=7)
     try:
-        conn = s._conn
+        conn = s._wconn
         assert conn.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
         assert conn.execute("PRAGMA synchronous").fetchone()[0] == 1  # NORMAL
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 7000
@@ -271,11 +271,11 @@ def test_sqlite_event_rows_are_trimmed(tmp_path):
         s.create(record("a", ttl=10_000), 1000.0)
         for i in range(100):
             s.update("a", lambda r: None, 1000.0, SessionEvent(1000.0, "api", "update", (str(i),)))
-        rows = s._conn.execute("SELECT count(*) FROM nexus_session_events").fetchone()[0]
+        rows = s._wconn.execute("SELECT count(*) FROM nexus_session_events").fetchone()[0]
         assert rows <= 5 + 16
         assert [e.keys for e in s.events("a", 1000.0)] == [(str(i),) for i in range(95, 100)]
         s.delete_expired(20_000.0)
-        assert s._conn.execute("SELECT count(*) FROM nexus_session_events").fetchone()[0] == 0
+        assert s._wconn.execute("SELECT count(*) FROM nexus_session_events").fetchone()[0] == 0
     finally:
         s.close()
 

@@ -1,7 +1,8 @@
 """``NexusSessionManager``: sessions shared by every channel (API, CLI, MCP).
 
 What it fixes relative to the upstream manager: a real ``session_ttl`` with
-sliding expiry (every get/update moves ``expires_at`` to ``now + ttl``), a
+sliding expiry (every update, and every read that touches, moves
+``expires_at`` to ``now + ttl``), a
 per-session ttl override, a cleanup thread that actually runs, locks, deep
 copies on read, JSON and size validation on write, a bounded event log per
 session, O(1) metrics, and pluggable stores (memory, SQLite shared by
@@ -13,9 +14,15 @@ Design notes:
   merges the top-level keys, and encodes once: that single encoding is the
   JSON check, the size check and the stored form. A read decodes the text,
   which is the cheapest deep copy there is.
-* Every operation is one atomic ``store.update(session_id, mutate, ...)``
-  call; the mutate function validates before it changes anything, so a
-  rejected update leaves the stored state as it was.
+* Every write is one atomic ``store.update(session_id, mutate, ...)`` call;
+  the mutate function validates before it changes anything, so a rejected
+  update leaves the stored state as it was.
+* A read can be pure: ``get_session(..., touch=False)`` is one ``store.get``
+  and writes nothing. The platform reads that way and lets the update that
+  follows (``apply_session_update``) slide the expiry and record the channel,
+  so a call costs one write transaction, not two.
+* ``blocking`` tells whether store calls wait on I/O (SQLite, Redis): an
+  asyncio server then runs them in worker threads, never on its event loop.
 * Metrics are counters the stores maintain in the same transaction as the
   change they count, so ``get_session_metrics`` never scans sessions and,
   with the SQLite store, several processes see the same numbers.
@@ -33,7 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import InputValidationError, SessionNotFound, SessionStateError
-from .models import Session, SessionEvent, SessionRecord, decode_json, encode_json
+from .models import Session, SessionEvent, SessionRecord, decode_json, encode_json_bytes
 from .stores import (
     CHANNEL_PREFIX,
     COUNTER_CREATED,
@@ -84,10 +91,18 @@ def _new_session_id() -> str:
             return sid
 
 
-def _check_keys(updates: Mapping[str, Any]) -> None:
-    for key in updates:
-        if key.__class__ is not str:
-            raise SessionStateError(f"Session state keys must be strings, got {key!r}")
+def _check_text(field: str, value: str, error: type[Exception] = InputValidationError) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (a lone surrogate): no store could hold it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        msg = (
+            f"{field} holds a lone surrogate code point (such as '\\ud800'), which cannot be "
+            "encoded as UTF-8, so it cannot be stored"
+        )
+        if error is InputValidationError:
+            raise InputValidationError(msg, field=field) from None
+        raise error(msg) from None
 
 
 class NexusSessionManager:
@@ -181,15 +196,34 @@ class NexusSessionManager:
         return self._store
 
     @property
+    def blocking(self) -> bool:
+        """Whether calls into the store wait on I/O (the store's :attr:`SessionStore.blocking`).
+
+        ``False`` for the memory store, ``True`` for SQLite (and Redis). An
+        asyncio server runs a blocking manager's calls in worker threads so
+        that a commit never stalls its event loop.
+
+        Example::
+
+            if manager.blocking:
+                session = await loop.run_in_executor(pool, manager.get_session, sid)
+            else:
+                session = manager.get_session(sid)
+        """
+        return self._store.blocking
+
+    @property
     def closed(self) -> bool:
         """True after :meth:`close`."""
         return self._closed
 
-    def _incr_for(self, channel: str) -> dict[str, int]:
+    def _incr_for(self, channel: Any) -> dict[str, int]:
+        """The counter increment of ``channel``, validated on first sight and then cached."""
+        self._check_channel(channel)
         incr = self._channel_incr.get(channel)
         if incr is None:
             incr = {CHANNEL_PREFIX + channel: 1}
-            if len(self._channel_incr) < 256:
+            if len(self._channel_incr) < 256:  # bounded: callers may invent channel names
                 self._channel_incr[channel] = incr
         return incr
 
@@ -199,6 +233,8 @@ class NexusSessionManager:
             raise ValueError(
                 f"channel must be a non-empty string such as 'api', 'cli' or 'mcp', got {channel!r}"
             )
+        if not channel.isascii():
+            _check_text("channel", channel, ValueError)
 
     # ------------------------------------------------------------------ lifecycle
     def create_session(
@@ -227,6 +263,7 @@ class NexusSessionManager:
             raise InputValidationError(
                 f"user_id must be a non-empty string, got {user_id!r}", field="user_id"
             )
+        _check_text("user_id", user_id)
         if session_id is None:
             sid = _new_session_id()
         elif (
@@ -240,14 +277,14 @@ class NexusSessionManager:
                 field="session_id",
             )
         else:
+            _check_text("session_id", session_id)
             sid = session_id
         if ttl is not None:
             try:
                 _check_positive("ttl", ttl)
             except (TypeError, ValueError) as exc:
                 raise InputValidationError(str(exc), field="ttl") from None
-        if channel is not None:
-            self._check_channel(channel)
+        incr = self._incr_for(channel) if channel is not None else None
         if metadata is None or (isinstance(metadata, Mapping) and not metadata):
             meta_json = "{}"
             meta: dict[str, Any] = {}
@@ -257,17 +294,18 @@ class NexusSessionManager:
             )
         else:
             try:
-                meta_json = encode_json(dict(metadata))
+                raw = encode_json_bytes(dict(metadata))
             except _ENCODE_ERRORS as exc:
                 raise InputValidationError(
                     f"metadata must be JSON-serialisable: {exc}", field="metadata"
                 ) from None
-            if len(meta_json) > self.max_state_bytes:
+            if len(raw) > self.max_state_bytes:
                 raise InputValidationError(
-                    f"metadata is {len(meta_json):,} bytes as JSON, over the "
+                    f"metadata is {len(raw):,} bytes as JSON, over the "
                     f"{self.max_state_bytes:,}-byte limit (max_state_bytes)",
                     field="metadata",
                 )
+            meta_json = raw.decode()
             meta = decode_json(meta_json)
         now = self._clock()
         effective_ttl = ttl if ttl is not None else self.session_ttl
@@ -275,12 +313,7 @@ class NexusSessionManager:
         record = SessionRecord(
             sid, user_id, now, now, now + effective_ttl, ttl, meta_json, channels, {}, "{}"
         )
-        created = self._store.create(
-            record,
-            now,
-            SessionEvent(now, channel, "create", ()),
-            self._incr_for(channel) if channel is not None else None,
-        )
+        created = self._store.create(record, now, SessionEvent(now, channel, "create", ()), incr)
         if not created:
             raise InputValidationError(f"Session {sid!r} already exists", field="session_id")
         return Session(
@@ -300,18 +333,18 @@ class NexusSessionManager:
         Raises ``SessionNotFound`` (a ``KeyError``) for an unknown or expired
         session, ``TypeError`` if ``updates`` is not a dict, and
         ``SessionStateError`` (a ``ValueError``) if the merged state is not
-        JSON-serialisable or is over ``max_state_bytes``; the stored state is
-        then unchanged.
+        JSON-serialisable (see :mod:`nexus_lab.sessions.models` for the rules:
+        no NaN, string keys only, no lone surrogates) or is over
+        ``max_state_bytes``; the stored state is then unchanged.
 
         Example::
 
             manager.update_session_state(sid, {"query": "What is AI?"}, channel="api")
         """
-        if not isinstance(updates, dict):
+        if updates.__class__ is not dict:
             if not isinstance(updates, Mapping):
                 raise TypeError(f"updates must be a dict, not {type(updates).__name__}")
             updates = dict(updates)
-        _check_keys(updates)
         return self._merge(session_id, None, updates, channel)
 
     def apply_session_update(
@@ -327,6 +360,8 @@ class NexusSessionManager:
         once (the platform does, for ``turns`` and ``history``). ``compute``
         receives a private copy of the state and returns the keys to merge; it
         may run more than once on a store that retries (Redis), so keep it pure.
+        It also slides the session's expiry and records ``channel``, so a read
+        with ``get_session(..., touch=False)`` before it is all a call needs.
 
         Example::
 
@@ -336,41 +371,53 @@ class NexusSessionManager:
             raise TypeError(f"compute must be callable, not {type(compute).__name__}")
         return self._merge(session_id, compute, None, channel)
 
-    def _merge(self, session_id, compute, updates, channel) -> dict[str, Any]:
-        if channel.__class__ is not str or not channel:
-            self._check_channel(channel)
+    def _merge(
+        self,
+        session_id: str,
+        compute: Callable[[dict[str, Any]], Mapping[str, Any]] | None,
+        updates: dict[str, Any] | None,
+        channel: str,
+    ) -> dict[str, Any]:
+        try:  # the common case: a channel seen before (validated then)
+            incr = self._channel_incr[channel]
+        except (KeyError, TypeError):
+            incr = self._incr_for(channel)
         now = self._clock()
         limit = self.max_state_bytes
         default_ttl = self.session_ttl
-        event = SessionEvent(now, channel, "update", tuple(updates) if updates is not None else ())
+        event = SessionEvent(now, channel, "update", () if updates is None else tuple(updates))
 
+        # One closure per call: the store's atomic read-modify-write needs a callable, and a
+        # closure is the cheapest one that carries this call's values.
         def mutate(rec: SessionRecord) -> dict[str, Any]:
-            merged = decode_json(rec.state_json)
             if compute is None:
                 upd = updates
             else:
+                # compute gets its own copy: edits it makes to keys it does not return are not stored
                 upd = compute(decode_json(rec.state_json))
-                if not isinstance(upd, Mapping):
-                    raise TypeError(f"compute must return a dict, not {type(upd).__name__}")
-                upd = dict(upd)
-                _check_keys(upd)
+                if upd.__class__ is not dict:
+                    if not isinstance(upd, Mapping):
+                        raise TypeError(f"compute must return a dict, not {type(upd).__name__}")
+                    upd = dict(upd)
                 event.keys = tuple(upd)
+            merged = decode_json(rec.state_json)
             merged.update(upd)
-            try:
-                text = encode_json(merged)
+            try:  # the one encoding: JSON check, size check and stored form at once
+                raw = encode_json_bytes(merged)
             except _ENCODE_ERRORS as exc:
                 raise SessionStateError(
                     f"Session state must be JSON-serialisable (str, int, float, bool, None, "
-                    f"list, dict): {exc}"
+                    f"list, dict with str keys): {exc}"
                 ) from None
-            if len(text) > limit:
+            if len(raw) > limit:
                 raise SessionStateError(
-                    f"Session state would be {len(text):,} bytes as JSON, over the "
+                    f"Session state would be {len(raw):,} bytes as JSON, over the "
                     f"{limit:,}-byte limit (max_state_bytes); store summaries, not full histories"
                 )
-            rec.state_json = text
+            rec.state_json = raw.decode()
             rec.last_accessed = now
-            rec.expires_at = now + (rec.ttl or default_ttl)
+            ttl = rec.ttl
+            rec.expires_at = now + (default_ttl if ttl is None else ttl)
             writers = rec.writers
             stamp = (channel, now)
             for key in upd:
@@ -379,81 +426,107 @@ class NexusSessionManager:
                 rec.channels.append(channel)
             return merged
 
-        return self._store.update(session_id, mutate, now, event, self._incr_for(channel))
+        return self._store.update(session_id, mutate, now, event, incr)
 
-    def get_session_state(self, session_id: str, channel: str | None = None) -> dict[str, Any]:
+    def get_session_state(
+        self, session_id: str, channel: str | None = None, *, touch: bool = True
+    ) -> dict[str, Any]:
         """A deep copy of the session's state; ``{}`` if unknown or expired.
 
-        Refreshes the expiry; with ``channel`` also records the read (event,
-        channel list, channel activity).
+        By default the read refreshes the expiry and, with ``channel``, is
+        recorded (event, channel list, channel activity): one write. With
+        ``touch=False`` it is a pure read that writes nothing.
 
         Example::
 
             state = manager.get_session_state(sid, channel="cli")
+            state = manager.get_session_state(sid, touch=False)   # no write at all
         """
-        if channel is not None and (channel.__class__ is not str or not channel):
-            self._check_channel(channel)
+        if not touch:
+            if channel is not None:
+                self._check_channel(channel)
+            rec = self._store.get(session_id, self._clock())
+            return {} if rec is None else decode_json(rec.state_json)
+        incr = self._incr_for(channel) if channel is not None else None
         now = self._clock()
         default_ttl = self.session_ttl
 
-        def touch(rec: SessionRecord) -> str:
+        def touch_record(rec: SessionRecord) -> str:
             rec.last_accessed = now
-            rec.expires_at = now + (rec.ttl or default_ttl)
+            ttl = rec.ttl
+            rec.expires_at = now + (default_ttl if ttl is None else ttl)
             if channel is not None and channel not in rec.channels:
                 rec.channels.append(channel)
             return rec.state_json
 
         try:
             if channel is None:
-                text = self._store.update(session_id, touch, now)
+                text = self._store.update(session_id, touch_record, now)
             else:
                 text = self._store.update(
-                    session_id,
-                    touch,
-                    now,
-                    SessionEvent(now, channel, "read", ()),
-                    self._incr_for(channel),
+                    session_id, touch_record, now, SessionEvent(now, channel, "read", ()), incr
                 )
         except SessionNotFound:
             return {}
         return decode_json(text)
 
     def get_session(
-        self, session_id: str, channel: str | None = None, *, user_id: str | None = None
+        self,
+        session_id: str,
+        channel: str | None = None,
+        *,
+        user_id: str | None = None,
+        touch: bool = True,
     ) -> Session | None:
-        """A snapshot of the session, state included (refreshing its expiry), or ``None``
-        if unknown or expired.
+        """A snapshot of the session, state included, or ``None`` if unknown or expired.
 
-        With ``channel`` the read is recorded as :meth:`get_session_state` does.
+        ``touch=True`` (the default) refreshes the expiry and, with ``channel``,
+        records the read as :meth:`get_session_state` does: one write.
+        ``touch=False`` is one pure read (``store.get``): nothing is written,
+        recorded or slid, and ``channel`` is only validated.
+
         With ``user_id`` a session of another user is ``None`` too, and nothing
-        about it is touched or recorded (the platform checks ownership this way,
-        in the same atomic step as the read).
+        about it is touched or recorded in either mode.
+
+        The platform reads with ``touch=False`` and lets the update after the
+        call (:meth:`apply_session_update`) slide the expiry and record the
+        channel, in that one transaction.
 
         Example::
 
-            session = manager.get_session(sid, channel="api", user_id="alice")
-            session.state if session else {}
+            session = manager.get_session(sid, channel="api", user_id="alice", touch=False)
+            state = session.state if session else {}
+            # ... run the agent ...
+            manager.apply_session_update(sid, lambda cur: {"turns": cur.get("turns", 0) + 1},
+                                         channel="api")
         """
-        if channel is not None and (channel.__class__ is not str or not channel):
-            self._check_channel(channel)
+        if not touch:
+            if channel is not None:
+                self._check_channel(channel)
+            rec = self._store.get(session_id, self._clock())
+            if rec is None or (user_id is not None and rec.user_id != user_id):
+                return None
+            return Session.from_record(rec, self.session_ttl)
+        incr = self._incr_for(channel) if channel is not None else None
         now = self._clock()
         default_ttl = self.session_ttl
 
-        def touch(rec: SessionRecord) -> SessionRecord:
+        def touch_record(rec: SessionRecord) -> SessionRecord:
             if user_id is not None and rec.user_id != user_id:
-                raise SessionNotFound(session_id)
+                raise SessionNotFound(session_id)  # before any change: nothing is written
             rec.last_accessed = now
-            rec.expires_at = now + (rec.ttl or default_ttl)
+            ttl = rec.ttl
+            rec.expires_at = now + (default_ttl if ttl is None else ttl)
             if channel is not None and channel not in rec.channels:
                 rec.channels.append(channel)
             return rec.copy()
 
         try:
             if channel is None:
-                rec = self._store.update(session_id, touch, now)
+                rec = self._store.update(session_id, touch_record, now)
             else:
                 rec = self._store.update(
-                    session_id, touch, now, SessionEvent(now, channel, "read", ()), self._incr_for(channel)
+                    session_id, touch_record, now, SessionEvent(now, channel, "read", ()), incr
                 )
         except SessionNotFound:
             return None

@@ -30,7 +30,17 @@ methods. Expired records (``expires_at <= now``) must be invisible to
 ``get``/``update``/``delete``/``list``/``events`` even before
 ``delete_expired`` removes them. ``update`` may call ``mutate`` more than
 once under optimistic concurrency (e.g. a Redis ``WATCH`` retry), so the
-function must only touch the record it is given.
+function must only touch the record it is given; it may also run on another
+thread than the caller's (the SQLite store commits a group of writers
+together), and it must not call the store itself. ``get`` is a pure read: it
+writes nothing, so a platform call costs one write (its ``update``).
+
+Set the class attribute ``blocking``: ``True`` if a call can wait on I/O or on
+another process (a file, a socket: SQLite, Redis), ``False`` if every call is
+short CPU work in this process (the memory store). An asyncio server reads it
+(``NexusSessionManager.blocking``) to run a blocking store's calls in its
+worker threads instead of on the event loop, where one slow commit would stall
+every connection.
 
 Example::
 
@@ -81,19 +91,24 @@ SUPPORTED = "None or 'memory://', 'sqlite:///path/to.db' (or a path ending in .d
 class SessionStore(ABC):
     """Where sessions live. Thread safe; atomic per call.
 
-    ``name`` identifies the backend (``"memory"``, ``"sqlite"``, ...) and
-    ``max_events`` bounds each session's event log (the manager sets it).
+    ``name`` identifies the backend (``"memory"``, ``"sqlite"``, ...),
+    ``max_events`` bounds each session's event log (the manager sets it) and
+    ``blocking`` says whether a call may wait on I/O (see the module docs);
+    it defaults to ``True``, the safe answer for a store that talks to a
+    file or a server.
 
     Example::
 
         class MyStore(SessionStore):
             name = "mine"
+            blocking = True        # talks to a server: keep it off the event loop
             def create(self, record, now, event=None, incr=None): ...
             # ... the other abstract methods
     """
 
     name: str = "abstract"
     max_events: int = 100
+    blocking: bool = True
 
     @abstractmethod
     def create(
@@ -111,7 +126,11 @@ class SessionStore(ABC):
 
     @abstractmethod
     def get(self, session_id: str, now: float) -> SessionRecord | None:
-        """A snapshot of the live record, or ``None`` (missing or expired). Touches nothing."""
+        """A snapshot of the live record, or ``None`` (missing or expired).
+
+        A pure read: it writes nothing (no expiry slide, no event, no counter)
+        and shares no mutable object with the store.
+        """
 
     @abstractmethod
     def update(

@@ -41,6 +41,7 @@ class MemorySessionStore(SessionStore):
     """
 
     name = "memory"
+    blocking = False  # every call is a few dict operations under one lock: fine on an event loop
 
     def __init__(self, max_events: int = 100) -> None:
         self.max_events = max_events

@@ -3,16 +3,29 @@
 The embedded default for servers: no service to run, survives restarts, and
 several processes (uvicorn workers, a CLI, a notebook) can share one file.
 
-* WAL journal, ``synchronous=NORMAL`` (a process crash loses nothing; a power
-  cut may lose the last transactions), ``busy_timeout`` so that writers wait
-  for each other instead of failing.
-* Every write is one ``BEGIN IMMEDIATE`` transaction: the read-modify-write of
-  ``update`` takes the write lock before it reads, so two processes updating
-  one session never lose each other's keys. Counters and the event log are
-  written in the same transaction.
-* One connection per store object, guarded by a lock (threads of one process
-  take turns; SQLite would serialise their writes anyway). A forked child
-  opens its own connection on first use.
+* WAL journal, ``synchronous=NORMAL`` by default: a write is acknowledged once
+  its transaction committed to the WAL, so a process crash (even ``kill -9``)
+  loses nothing acknowledged; a power cut may lose the last transactions.
+  ``synchronous="FULL"`` also survives power loss, at one fsync per commit
+  (which group commit shares among the writers waiting).
+* **Group commit.** Writers of one store object do not take turns on the file
+  lock: the first writer to arrive becomes the *leader*, takes every write
+  waiting at that moment and runs them in ONE ``BEGIN IMMEDIATE ... COMMIT``,
+  each inside its own ``SAVEPOINT`` (a write whose ``mutate`` raises rolls
+  back only itself, and its caller gets the exception). Every caller is
+  acknowledged only after the ``COMMIT`` returned. The leader then hands the
+  role to the next waiting writer, so nobody leads for long and no background
+  thread exists. With one writer this is exactly one transaction per write.
+* ``BEGIN IMMEDIATE`` takes the file's write lock before reading, so two
+  processes updating one session never lose each other's keys; counters and
+  the event log are written in the same transaction as the change.
+* **Reads never queue behind writes.** ``get``, ``list``, ``events``,
+  ``counters`` and ``count`` run on read connections from a small pool (one
+  per concurrently reading thread); WAL readers see the last commit and do not
+  wait for the writer. (``":memory:"`` is one connection, so there reads wait
+  for a batch in flight: fine for tests and notebooks, one process only.)
+* Fork safe: a forked child starts with fresh locks and opens its own
+  connections; it never uses or closes the parent's.
 
 Example::
 
@@ -26,12 +39,13 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator, Mapping
-from contextlib import contextmanager
+import weakref
+from _thread import allocate_lock, get_ident
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
-from ...errors import SessionNotFound
+from ...errors import ConfigError, SessionNotFound
 from ..models import SessionEvent, SessionRecord, decode_json, encode_json
 from . import COUNTER_CREATED, COUNTER_DELETED, COUNTER_EXPIRED, SessionStore
 
@@ -41,6 +55,11 @@ T = TypeVar("T")
 
 _LIVE = "__live__"  # internal counter: records held, kept by create/delete/delete_expired
 _TRIM_EVERY = 16  # trim a session's event rows every this many events
+_MAX_IDLE_READERS = 16  # read connections kept open between reads
+_SCHEMA_VERSION = 1  # PRAGMA user_version: 1 = texts with ints beyond 64 bits are marked
+_SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
+_CLOSED = "SQLiteSessionStore is closed"
+_FORKED_MEMORY = "a ':memory:' SQLite store cannot be used from a forked process"
 
 _SCHEMA = (
     """CREATE TABLE IF NOT EXISTS nexus_sessions (
@@ -75,6 +94,22 @@ _INCR = (
     "INSERT INTO nexus_session_counters(name, value) VALUES (?, ?) "
     "ON CONFLICT(name) DO UPDATE SET value = value + excluded.value"
 )
+_GET = f"SELECT {_COLUMNS} FROM nexus_sessions WHERE session_id = ? AND expires_at > ?"
+_GET_FOR_UPDATE = f"SELECT {_COLUMNS}, event_seq FROM nexus_sessions WHERE session_id = ?"
+_PUT = (
+    "UPDATE nexus_sessions SET last_accessed = ?, expires_at = ?, ttl = ?, metadata = ?, "
+    "channels = ?, writers = ?, state = ?, event_seq = ? WHERE session_id = ?"
+)
+_LOG = "INSERT INTO nexus_session_events(session_id, ts, channel, action, keys) VALUES (?, ?, ?, ?, ?)"
+_EVENTS = (
+    "SELECT ts, channel, action, keys FROM (SELECT id, ts, channel, action, keys "
+    "FROM nexus_session_events WHERE session_id = ? AND EXISTS "
+    "(SELECT 1 FROM nexus_sessions WHERE session_id = ? AND expires_at > ?) "
+    "ORDER BY id DESC LIMIT ?) ORDER BY id"
+)
+# Text an older version wrote may hold ints beyond 64 bits unmarked; any run of 19+ digits
+# could be one, so such rows get the marker (a leading space) once, when a file is opened.
+_LONG_DIGITS = "*" + "[0-9]" * 19 + "*"
 
 
 def _record(row: tuple) -> SessionRecord:
@@ -92,11 +127,63 @@ def _record(row: tuple) -> SessionRecord:
     )
 
 
+def _fresh(exc: BaseException) -> Exception:
+    """A new exception like ``exc`` for each caller of a failed batch (one object raised in
+    several threads would mix their tracebacks)."""
+    if isinstance(exc, Exception):
+        try:
+            new = type(exc)(*exc.args)
+        except Exception:
+            new = RuntimeError(str(exc))
+    else:  # KeyboardInterrupt & co. in the leading thread: the others get a plain error
+        new = RuntimeError(
+            f"the batch holding this write was interrupted ({type(exc).__name__}) before "
+            "its commit; nothing was written"
+        )
+    new.__cause__ = exc
+    return new
+
+
+class _Op:
+    """One write waiting for, or taken into, a group commit."""
+
+    __slots__ = ("fn", "result", "error", "lead", "done")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+        self.fn = fn
+        self.result: Any = None
+        self.error: BaseException | None = None
+        self.lead = False  # set when the caller is handed the leader role instead of a result
+        self.done = allocate_lock()  # held until the op is acknowledged (or its caller promoted)
+        self.done.acquire()
+
+    def outcome(self) -> Any:
+        err = self.error
+        if err is not None:
+            self.error = None  # no reference cycle through the traceback
+            raise err
+        return self.result
+
+
+_STORES: weakref.WeakSet[SQLiteSessionStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    for store in list(_STORES):
+        store._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
 class SQLiteSessionStore(SessionStore):
     """Sessions in a SQLite file (or ``":memory:"``), safe across threads and processes.
 
     ``path`` is a file path (parent directories are created) or ``":memory:"``.
-    ``timeout`` is how long a writer waits for another one (seconds).
+    ``timeout`` is how long a writer waits for another process (seconds).
+    ``synchronous`` is ``"NORMAL"`` (default: survives process crashes) or
+    ``"FULL"``/``"EXTRA"`` (survives power loss too).
 
     Example::
 
@@ -108,6 +195,7 @@ class SQLiteSessionStore(SessionStore):
     """
 
     name = "sqlite"
+    blocking = True  # commits wait on the file (and on other processes): keep off event loops
 
     def __init__(
         self,
@@ -115,7 +203,15 @@ class SQLiteSessionStore(SessionStore):
         *,
         max_events: int = 100,
         timeout: float = 30.0,
+        synchronous: str = "NORMAL",
     ) -> None:
+        sync = str(synchronous).upper()
+        if sync not in _SYNCHRONOUS:
+            raise ConfigError(
+                f"synchronous must be one of {', '.join(_SYNCHRONOUS)}, got {synchronous!r}",
+                field="synchronous",
+            )
+        self.synchronous = sync
         self.max_events = max_events
         self.timeout = float(timeout)
         raw = os.fspath(path)
@@ -126,22 +222,37 @@ class SQLiteSessionStore(SessionStore):
             p = Path(raw).expanduser()
             p.parent.mkdir(parents=True, exist_ok=True)
             self.path = str(p)
-        self._lock = threading.RLock()
-        self._conn: sqlite3.Connection | None = None
-        self._pid = os.getpid()
         self._closed = False
-        self._connect()
+        self._forked_memory = False
+        self._init_runtime()
+        self._orphans: list[sqlite3.Connection] = []
+        self._wconn: sqlite3.Connection | None = self._connect_writer()
+        _STORES.add(self)
 
-    # -- connection handling
-    def _connect(self) -> sqlite3.Connection:
+    def _init_runtime(self) -> None:
+        self._qlock = threading.Lock()  # guards _queue, _leading, _leader, _closed changes
+        self._wlock = threading.RLock()  # held while a batch runs on the write connection
+        self._plock = threading.Lock()  # guards the idle read connections
+        self._queue: list[_Op] = []
+        self._leading = False  # a leader runs, or a waiting writer was promoted to lead
+        self._leader: int | None = None  # thread id of the leader while it runs a batch
+        self._idle: list[sqlite3.Connection] = []
+        self._pid = os.getpid()
+
+    # -- connections
+    def _open(self) -> sqlite3.Connection:
         conn = sqlite3.connect(
             self.path, timeout=self.timeout, isolation_level=None, check_same_thread=False
         )
+        conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
+        return conn
+
+    def _connect_writer(self) -> sqlite3.Connection:
+        conn = self._open()
         try:
-            conn.execute(f"PRAGMA busy_timeout = {int(self.timeout * 1000)}")
             if not self.in_memory:
                 conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute(f"PRAGMA synchronous = {self.synchronous}")
             conn.execute("BEGIN IMMEDIATE")
             try:
                 for stmt in _SCHEMA:
@@ -150,6 +261,14 @@ class SQLiteSessionStore(SessionStore):
                     "INSERT OR IGNORE INTO nexus_session_counters(name, value) VALUES (?, 0)",
                     (_LIVE,),
                 )
+                if conn.execute("PRAGMA user_version").fetchone()[0] < _SCHEMA_VERSION:
+                    for col in ("state", "metadata"):
+                        conn.execute(
+                            f"UPDATE nexus_sessions SET {col} = ' ' || {col} "
+                            f"WHERE {col} GLOB ? AND substr({col}, 1, 1) <> ' '",
+                            (_LONG_DIGITS,),
+                        )
+                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
                 conn.execute("COMMIT")
             except BaseException:
                 conn.execute("ROLLBACK")
@@ -157,39 +276,184 @@ class SQLiteSessionStore(SessionStore):
         except BaseException:
             conn.close()
             raise
-        self._conn = conn
-        self._pid = os.getpid()
         return conn
 
-    def _connection(self) -> sqlite3.Connection:
-        if self._closed:
-            raise RuntimeError("SQLiteSessionStore is closed")
-        conn = self._conn
-        if conn is None or self._pid != os.getpid():
-            if self.in_memory and conn is not None:
-                raise RuntimeError("a ':memory:' SQLite store cannot be used from a forked process")
-            # forked child: never touch the parent's connection, open our own
-            conn = self._connect()
+    def _after_fork(self) -> None:
+        """In a forked child: fresh locks and queue; the parent's connections are kept
+        referenced (never used, never closed: closing would touch the parent's locks)."""
+        self._orphans.extend(c for c in (self._wconn, *self._idle) if c is not None)
+        self._wconn = None
+        self._forked_memory = self.in_memory
+        self._init_runtime()
+
+    def _reader(self) -> sqlite3.Connection:
+        with self._plock:
+            if self._closed:
+                raise RuntimeError(_CLOSED)
+            if self._idle:
+                return self._idle.pop()
+        conn = self._open()  # outside the lock: opening takes a while
+        conn.execute("PRAGMA query_only = 1")
         return conn
 
-    @contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._connection()
+    def _release(self, conn: sqlite3.Connection) -> None:
+        with self._plock:
+            if not self._closed and len(self._idle) < _MAX_IDLE_READERS:
+                self._idle.append(conn)
+                return
+        conn.close()
+
+    def _check_memory(self) -> sqlite3.Connection:
+        if self._forked_memory:
+            raise RuntimeError(_FORKED_MEMORY)
+        conn = self._wconn
+        if conn is None:
+            raise RuntimeError(_CLOSED)
+        return conn
+
+    def _fetchone(self, sql: str, params: tuple) -> Any:
+        if self.in_memory:  # one connection: wait for a batch in flight
+            with self._wlock:
+                return self._check_memory().execute(sql, params).fetchone()
+        conn = self._reader()
+        try:
+            return conn.execute(sql, params).fetchone()
+        finally:
+            self._release(conn)
+
+    def _fetchall(self, sql: str, params: tuple) -> list[Any]:
+        if self.in_memory:
+            with self._wlock:
+                return self._check_memory().execute(sql, params).fetchall()
+        conn = self._reader()
+        try:
+            return conn.execute(sql, params).fetchall()
+        finally:
+            self._release(conn)
+
+    # -- group commit
+    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn(conn)`` inside a group-committed transaction; return its result once
+        the transaction committed, or raise what ``fn`` raised (its writes rolled back)."""
+        op = _Op(fn)
+        with self._qlock:
+            if self._closed:
+                raise RuntimeError(_CLOSED)
+            if self._leader == get_ident():
+                raise RuntimeError(
+                    "a SQLiteSessionStore write was called from inside a mutate function; "
+                    "mutate must only change the record it is given"
+                )
+            self._queue.append(op)
+            follow = self._leading
+            self._leading = True
+        if follow:
+            op.done.acquire()  # until acknowledged, or promoted to lead
+            if not op.lead:
+                return op.outcome()
+        self._lead(op)
+        return op.outcome()
+
+    def _lead(self, own: _Op) -> None:
+        batch: list[_Op] = []
+        promoted: _Op | None = None
+        try:
+            try:
+                self._wlock.acquire()
+            except BaseException:  # interrupted while waiting: pass the role on, lead nothing
+                with self._qlock:
+                    if own in self._queue:
+                        self._queue.remove(own)
+                        own.error = RuntimeError("interrupted before the write ran")
+                    promoted = self._pass_lead()
+                raise
+            try:
+                with self._qlock:
+                    batch, self._queue = self._queue, []
+                    self._leader = get_ident()
+                if batch:
+                    self._run(batch)
+            finally:
+                if self._closed:  # close() came meanwhile (maybe from a mutate): it left us this
+                    self._close_writer()
+                with self._qlock:
+                    self._leader = None
+                    promoted = self._pass_lead()
+                self._wlock.release()
+        finally:
+            for op in batch:
+                if op is not own:
+                    op.done.release()  # acknowledged: after COMMIT, or with its error
+            if promoted is not None:
+                promoted.done.release()
+
+    def _pass_lead(self) -> _Op | None:
+        """With _qlock held: promote the first waiting writer, or end the leading."""
+        if self._queue:
+            nxt = self._queue[0]
+            nxt.lead = True
+            return nxt
+        self._leading = False
+        return None
+
+    def _run(self, batch: list[_Op]) -> None:
+        """One transaction for the whole batch (with _wlock held). Never raises an
+        ``Exception``: each op gets its result or its error."""
+        conn = self._wconn
+        try:
+            if conn is None:
+                if self._forked_memory:
+                    raise RuntimeError(_FORKED_MEMORY)
+                if self._closed:
+                    raise RuntimeError(_CLOSED)
+                conn = self._wconn = self._connect_writer()  # first write in a forked child
             conn.execute("BEGIN IMMEDIATE")
-            try:
-                yield conn
-            except BaseException:
-                if conn.in_transaction:
+        except Exception as exc:
+            for op in batch:
+                op.error = _fresh(exc)
+            return
+        ok = 0
+        try:
+            if len(batch) == 1:  # alone: the transaction is its savepoint
+                op = batch[0]
+                try:
+                    op.result = op.fn(conn)
+                    ok = 1
+                except Exception as exc:
+                    op.error = exc
+            else:
+                for op in batch:
+                    conn.execute("SAVEPOINT nexus_op")
+                    try:
+                        op.result = op.fn(conn)
+                        ok += 1
+                    except Exception as exc:
+                        op.error = exc
+                        if not conn.in_transaction:  # SQLite rolled everything back (I/O, full)
+                            raise
+                        conn.execute("ROLLBACK TO nexus_op")
+                    conn.execute("RELEASE nexus_op")
+            conn.execute("COMMIT" if ok else "ROLLBACK")
+        except BaseException as exc:
+            # nothing of this batch was committed: ops that had succeeded (or not run) fail too
+            if conn.in_transaction:
+                try:
                     conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except BaseException:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
+                except Exception:
+                    pass
+            for op in batch:
+                if op.error is None or op.error is exc:
+                    op.result = None
+                    op.error = _fresh(exc)
+            if not isinstance(exc, Exception):
                 raise
 
+    def _close_writer(self) -> None:
+        conn, self._wconn = self._wconn, None
+        if conn is not None:
+            conn.close()
+
+    # -- helpers run inside a write transaction
     @staticmethod
     def _apply_incr(conn: sqlite3.Connection, incr: Mapping[str, int]) -> None:
         for item in incr.items():
@@ -199,13 +463,13 @@ class SQLiteSessionStore(SessionStore):
         self, conn: sqlite3.Connection, session_id: str, event: SessionEvent, seq: int
     ) -> None:
         conn.execute(
-            "INSERT INTO nexus_session_events(session_id, ts, channel, action, keys) VALUES (?, ?, ?, ?, ?)",
+            _LOG,
             (
                 session_id,
                 event.timestamp,
                 event.channel,
                 event.action,
-                encode_json(list(event.keys)),
+                encode_json(event.keys),
             ),
         )
         if seq % _TRIM_EVERY == 0:
@@ -222,7 +486,7 @@ class SQLiteSessionStore(SessionStore):
             (session_id, session_id, self.max_events),
         )
 
-    # -- SessionStore
+    # -- SessionStore: writes (group-committed)
     def create(
         self,
         record: SessionRecord,
@@ -231,33 +495,35 @@ class SQLiteSessionStore(SessionStore):
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         sid = record.session_id
-        with self._write() as conn:
-            row = conn.execute(
+        seq = 1 if event is not None else 0
+        row = (  # encoded before queuing: less work inside the shared transaction
+            sid,
+            record.user_id,
+            record.created_at,
+            record.last_accessed,
+            record.expires_at,
+            record.ttl,
+            record.metadata_json,
+            encode_json(record.channels),
+            encode_json(record.writers),
+            record.state_json,
+            seq,
+        )
+
+        def op(conn: sqlite3.Connection) -> bool:
+            old = conn.execute(
                 "SELECT expires_at FROM nexus_sessions WHERE session_id = ?", (sid,)
             ).fetchone()
-            if row is not None:
-                if row[0] > now:
+            if old is not None:
+                if old[0] > now:
                     return False
                 conn.execute("DELETE FROM nexus_sessions WHERE session_id = ?", (sid,))
                 conn.execute("DELETE FROM nexus_session_events WHERE session_id = ?", (sid,))
                 conn.execute(_INCR, (COUNTER_EXPIRED, 1))
                 conn.execute(_INCR, (_LIVE, -1))
-            seq = 1 if event is not None else 0
             conn.execute(
                 f"INSERT INTO nexus_sessions({_COLUMNS}, event_seq) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (
-                    sid,
-                    record.user_id,
-                    record.created_at,
-                    record.last_accessed,
-                    record.expires_at,
-                    record.ttl,
-                    record.metadata_json,
-                    encode_json(record.channels),
-                    encode_json(record.writers),
-                    record.state_json,
-                    seq,
-                ),
+                row,
             )
             if event is not None:
                 self._log(conn, sid, event, seq)
@@ -265,19 +531,9 @@ class SQLiteSessionStore(SessionStore):
             conn.execute(_INCR, (_LIVE, 1))
             if incr:
                 self._apply_incr(conn, incr)
-        return True
+            return True
 
-    def get(self, session_id: str, now: float) -> SessionRecord | None:
-        with self._lock:
-            row = (
-                self._connection()
-                .execute(
-                    f"SELECT {_COLUMNS} FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
-                    (session_id, now),
-                )
-                .fetchone()
-            )
-        return None if row is None else _record(row)
+        return self._submit(op)
 
     def update(
         self,
@@ -287,19 +543,15 @@ class SQLiteSessionStore(SessionStore):
         event: SessionEvent | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
-        with self._write() as conn:
-            row = conn.execute(
-                f"SELECT {_COLUMNS}, event_seq FROM nexus_sessions WHERE session_id = ?",
-                (session_id,),
-            ).fetchone()
+        def op(conn: sqlite3.Connection) -> T:
+            row = conn.execute(_GET_FOR_UPDATE, (session_id,)).fetchone()
             if row is None or row[4] <= now:
                 raise SessionNotFound(session_id)
             rec = _record(row)
             result = mutate(rec)
             seq = row[10] + (1 if event is not None else 0)
             conn.execute(
-                "UPDATE nexus_sessions SET last_accessed = ?, expires_at = ?, ttl = ?, metadata = ?, "
-                "channels = ?, writers = ?, state = ?, event_seq = ? WHERE session_id = ?",
+                _PUT,
                 (
                     rec.last_accessed,
                     rec.expires_at,
@@ -316,10 +568,12 @@ class SQLiteSessionStore(SessionStore):
                 self._log(conn, session_id, event, seq)
             if incr:
                 self._apply_incr(conn, incr)
-        return result
+            return result
+
+        return self._submit(op)
 
     def delete(self, session_id: str, now: float) -> bool:
-        with self._write() as conn:
+        def op(conn: sqlite3.Connection) -> bool:
             cur = conn.execute(
                 "DELETE FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
                 (session_id, now),
@@ -331,43 +585,10 @@ class SQLiteSessionStore(SessionStore):
             conn.execute(_INCR, (_LIVE, -1))
             return True
 
-    def list(self, user_id: str | None, now: float) -> list[SessionRecord]:
-        with self._lock:
-            conn = self._connection()
-            if user_id is None:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM nexus_sessions WHERE expires_at > ? "
-                    "ORDER BY created_at, session_id",
-                    (now,),
-                ).fetchall()
-            else:
-                rows = conn.execute(
-                    f"SELECT {_COLUMNS} FROM nexus_sessions WHERE user_id = ? AND expires_at > ? "
-                    "ORDER BY created_at, session_id",
-                    (user_id, now),
-                ).fetchall()
-        return [_record(r) for r in rows]
-
-    def events(self, session_id: str, now: float) -> list[SessionEvent]:
-        if self.max_events <= 0:
-            return []
-        with self._lock:
-            conn = self._connection()
-            live = conn.execute(
-                "SELECT 1 FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
-                (session_id, now),
-            ).fetchone()
-            if live is None:
-                return []
-            rows = conn.execute(
-                "SELECT ts, channel, action, keys FROM (SELECT id, ts, channel, action, keys "
-                "FROM nexus_session_events WHERE session_id = ? ORDER BY id DESC LIMIT ?) ORDER BY id",
-                (session_id, self.max_events),
-            ).fetchall()
-        return [SessionEvent(r[0], r[1], r[2], tuple(decode_json(r[3]))) for r in rows]
+        return self._submit(op)
 
     def delete_expired(self, now: float) -> int:
-        with self._write() as conn:
+        def op(conn: sqlite3.Connection) -> int:
             conn.execute(
                 "DELETE FROM nexus_session_events WHERE session_id IN "
                 "(SELECT session_id FROM nexus_sessions WHERE expires_at <= ?)",
@@ -379,37 +600,75 @@ class SQLiteSessionStore(SessionStore):
                 conn.execute(_INCR, (_LIVE, -n))
             return n
 
+        return self._submit(op)
+
     def incr(self, counter: str, n: int = 1) -> None:
-        with self._write() as conn:
+        def op(conn: sqlite3.Connection) -> None:
             conn.execute(_INCR, (counter, n))
 
-    def counters(self) -> dict[str, int]:
-        with self._lock:
-            rows = (
-                self._connection()
-                .execute("SELECT name, value FROM nexus_session_counters")
-                .fetchall()
+        self._submit(op)
+
+    # -- SessionStore: reads (own connections, never behind a write)
+    def get(self, session_id: str, now: float) -> SessionRecord | None:
+        row = self._fetchone(_GET, (session_id, now))
+        return None if row is None else _record(row)
+
+    def list(self, user_id: str | None, now: float) -> list[SessionRecord]:
+        if user_id is None:
+            rows = self._fetchall(
+                f"SELECT {_COLUMNS} FROM nexus_sessions WHERE expires_at > ? "
+                "ORDER BY created_at, session_id",
+                (now,),
             )
+        else:
+            rows = self._fetchall(
+                f"SELECT {_COLUMNS} FROM nexus_sessions WHERE user_id = ? AND expires_at > ? "
+                "ORDER BY created_at, session_id",
+                (user_id, now),
+            )
+        return [_record(r) for r in rows]
+
+    def events(self, session_id: str, now: float) -> list[SessionEvent]:
+        if self.max_events <= 0:
+            return []
+        # one statement, so the liveness check and the rows come from one snapshot
+        rows = self._fetchall(_EVENTS, (session_id, session_id, now, self.max_events))
+        return [SessionEvent(r[0], r[1], r[2], tuple(decode_json(r[3]))) for r in rows]
+
+    def counters(self) -> dict[str, int]:
+        rows = self._fetchall("SELECT name, value FROM nexus_session_counters", ())
         return {name: value for name, value in rows if name != _LIVE}
 
     def count(self) -> int:
-        with self._lock:
-            row = (
-                self._connection()
-                .execute("SELECT value FROM nexus_session_counters WHERE name = ?", (_LIVE,))
-                .fetchone()
-            )
+        row = self._fetchone("SELECT value FROM nexus_session_counters WHERE name = ?", (_LIVE,))
         return int(row[0]) if row else 0
 
     def close(self) -> None:
-        """Close the connection (idempotent). Later calls raise ``RuntimeError``."""
-        with self._lock:
+        """Close the store (idempotent). Later calls raise ``RuntimeError``.
+
+        A batch being committed finishes (its writers are acknowledged);
+        writes still queued behind it fail with a ``RuntimeError`` saying
+        nothing was written. The store starts no thread, so none is left.
+        """
+        with self._qlock:
             if self._closed:
                 return
             self._closed = True
-            conn, self._conn = self._conn, None
-            if conn is not None and self._pid == os.getpid():
-                conn.close()
+            pending, self._queue = self._queue, []
+            leader = self._leader
+        for op in pending:
+            op.error = RuntimeError(
+                "SQLiteSessionStore was closed before this write ran; nothing was written"
+            )
+            if not op.lead:  # a promoted op's caller is awake already and finds its error
+                op.done.release()
+        if leader != get_ident():  # else: called from a mutate; the leader closes after its batch
+            with self._wlock:  # waits for a batch in flight to commit
+                self._close_writer()
+        with self._plock:
+            idle, self._idle = self._idle, []
+        for conn in idle:
+            conn.close()
 
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({self.path!r}, max_events={self.max_events})"
