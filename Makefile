@@ -30,6 +30,8 @@ system-deps:
 	@bash scripts/system-deps.sh
 
 test: $(VENV)/.stamp-dev system-deps
+	$(BIN)/ruff check nexus_lab tests benchmarks examples
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest $(NBVAL) tests notebooks
 
 lint: $(VENV)/.stamp-dev
