@@ -119,7 +119,6 @@ def app(make_app):
     deploy_as_api(AIAssistant(), app, "apionly")
     mgr = NexusSessionManager(cleanup_interval=300)
     deploy_with_sessions(Toned(), app, "withsessions", mgr)
-    app.session_manager.create_session("alice", session_id="SID")
     yield app
     mgr.close()
 
@@ -127,11 +126,18 @@ def app(make_app):
 @pytest.mark.parametrize("case", CASES, ids=[c[0] for c in CASES])
 def test_execute_and_aexecute_agree(app, case) -> None:
     _, name, inputs, kwargs = case
+
+    def fresh_session() -> None:  # both paths start from the same state
+        app.session_manager.delete_session("SID")
+        app.session_manager.create_session("alice", session_id="SID")
+
+    fresh_session()
     sync = _outcome(lambda: app.execute(name, dict(inputs), **kwargs))
 
     async def run():
         return await app.aexecute(name, dict(inputs), **kwargs)
 
+    fresh_session()
     asynced = _outcome(lambda: asyncio.run(run()))
     assert sync == asynced
     if case[0].startswith(("ok", "coerced", "own", "async", "twin", "sessions")):

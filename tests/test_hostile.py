@@ -170,7 +170,7 @@ def test_a_query_that_cannot_fit_the_session_is_refused_before_the_agent_runs(ma
     client = serve(app)
     sid = manager.create_session("anonymous").session_id
     r = client.post("/api/workflows/small/execute",
-                    json={"inputs": {"query": "x" * 3000}, "session_id": sid})
+                    json={"inputs": {"query": "x" * 5000}, "session_id": sid})
     assert r.status_code == 422, r.text
     assert r.json()["error"]["type"] == "session_state_error"
     assert "max_state_bytes" in r.json()["error"]["message"]
