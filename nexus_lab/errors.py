@@ -315,10 +315,23 @@ class NexusConnectionError(NexusError, ConnectionError):
 
 
 class ServiceUnavailable(NexusError):
-    """A backing service the call needs (a session store, a shared rate limiter) is down (HTTP 503)."""
+    """A backing service the call needs is down, or the deployment is at capacity (HTTP 503).
+
+    ``retry_after`` (seconds), when known, becomes the ``Retry-After`` header.
+    """
 
     http_status = 503
     error_type = "service_unavailable"
+
+    def __init__(self, message: str = "", retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+    @property
+    def headers(self) -> dict[str, str]:
+        if self.retry_after is None:
+            return {}
+        return {"Retry-After": str(max(1, math.ceil(self.retry_after)))}
 
 
 class ExecutionTimeout(NexusError, TimeoutError):

@@ -32,6 +32,7 @@ from nexus_lab.errors import (
     MethodNotAllowed,
     NexusError,
     RateLimitExceeded,
+    ServiceUnavailable,
 )
 from nexus_lab.platform.guard import (
     authenticate_request,
@@ -862,6 +863,8 @@ def test_errors_carry_their_own_headers():
     assert over.headers == {**limited, "Retry-After": "3"}  # rounded up, never 0
     assert RateLimitExceeded("x", retry_after=0.01, limit=5).headers == {"Retry-After": "1"}
     assert MethodNotAllowed("use POST", "POST").headers == {"Allow": "POST"}
+    assert ServiceUnavailable("busy").headers == {}
+    assert ServiceUnavailable("busy", retry_after=0.2).headers == {"Retry-After": "1"}
 
 
 def test_error_response_is_the_one_error_writer():
