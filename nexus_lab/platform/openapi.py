@@ -25,6 +25,8 @@ from __future__ import annotations
 import json
 from typing import TYPE_CHECKING, Any
 
+from .._version import __version__
+
 if TYPE_CHECKING:
     from .app import Nexus
 
@@ -150,8 +152,6 @@ def _hoist(schema: dict[str, Any], schemas: dict[str, Any], prefix: str) -> dict
 
 def build_openapi(app: Nexus) -> dict[str, Any]:
     """The OpenAPI 3.1 document of ``app``'s HTTP API, one execute path per deployment."""
-    from .. import __version__
-
     auth = app.auth is not None
     limited = app.rate_limiter is not None
     schemas: dict[str, Any] = {
