@@ -44,6 +44,10 @@ _EXPORTS: dict[str, str] = {
     "deploy_as_mcp": "nexus_lab.platform.deploy",
     "deploy_multi_channel": "nexus_lab.platform.deploy",
     "deploy_with_sessions": "nexus_lab.platform.deploy",
+    # client of a running platform (httpx / mcp imported only when a client is built / used)
+    "NexusClient": "nexus_lab.client",
+    "AsyncNexusClient": "nexus_lab.client",
+    "RunResult": "nexus_lab.client",
     # errors
     "NexusError": "nexus_lab.errors",
     "ConfigError": "nexus_lab.errors",
@@ -63,6 +67,7 @@ __all__ = sorted([*_EXPORTS, "NEXUS_AVAILABLE", "__version__", "load_ipython_ext
 
 if TYPE_CHECKING:  # pragma: no cover
     from .agents import AIAssistant, BaseAgent, BaseAgentConfig, coerce_config  # noqa: F401
+    from .client import AsyncNexusClient, NexusClient, RunResult  # noqa: F401
     from .errors import *  # noqa: F401,F403
     from .metrics import PerformanceMetrics, PerformanceMonitor  # noqa: F401
     from .platform.app import Nexus  # noqa: F401
