@@ -1,8 +1,9 @@
 """The ``nexus`` command line: run deployments, inspect and serve a platform.
 
 Only ``click`` and the standard library are imported at module level, so
-``nexus --help`` answers in well under half a second; ``httpx`` and the
-platform are imported inside the commands that need them.
+``nexus --help`` answers in well under half a second; the client
+(:class:`nexus_lab.client.NexusClient`, with ``httpx``) and the platform are
+imported inside the commands that need them.
 
 Commands::
 
@@ -14,7 +15,8 @@ Commands::
     nexus sessions list|create|show|delete
     nexus demo                       the self-contained demo (nexus_lab.demo)
 
-The client commands talk to a running platform over HTTP: ``--url`` (default
+The client commands talk to a running platform over HTTP, through
+:class:`~nexus_lab.client.NexusClient` (one connection per command): ``--url`` (default
 ``$NEXUS_URL``, else ``http://127.0.0.1:8000``), ``--api-key`` (default
 ``$NEXUS_API_KEY``, sent as ``Authorization: Bearer``) and ``--timeout``
 (default ``$NEXUS_TIMEOUT``, else 60 s). Every request carries
@@ -54,7 +56,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any, NoReturn
 
 import click
@@ -114,124 +116,81 @@ class CliError(click.ClickException):
         click.echo(f"error: {self.format_message()}", file=file or sys.stderr)
 
 
-def _status_exit_code(status: int) -> int:
-    if status in (401, 403):
+# ---------------------------------------------------------------------------
+# the client: nexus_lab.client.NexusClient, errors turned into CliError
+# ---------------------------------------------------------------------------
+def _exit_code(exc: Exception) -> int:
+    """The exit code of an error raised by :class:`~nexus_lab.client.NexusClient`."""
+    from .errors import (
+        AuthenticationError,
+        ConfigError,
+        DeploymentNotFound,
+        Forbidden,
+        NexusConnectionError,
+        NotFound,
+        RateLimitExceeded,
+        SessionNotFound,
+    )
+
+    if isinstance(exc, NexusConnectionError):
+        # connected: the server took the connection, then timed out or dropped it
+        return EXIT_SERVER if getattr(exc, "connected", False) else EXIT_UNREACHABLE
+    if isinstance(exc, ConfigError) and exc.field == "url":
+        return EXIT_USAGE
+    if isinstance(exc, (AuthenticationError, Forbidden)):
         return EXIT_AUTH
-    if status == 404:
+    if isinstance(exc, (DeploymentNotFound, SessionNotFound, NotFound)):
         return EXIT_NOT_FOUND
-    if status == 429:
+    if isinstance(exc, RateLimitExceeded):
         return EXIT_RATE_LIMITED
-    if 400 <= status < 500:
+    status = getattr(exc, "http_status", 500)
+    if 400 <= status < 500:  # InputValidationError, BadRequest, PayloadTooLarge, ...
         return EXIT_INVALID
     return EXIT_SERVER
 
 
-# ---------------------------------------------------------------------------
-# HTTP client
-# ---------------------------------------------------------------------------
-class _Client:
-    """The few HTTP calls the CLI makes, with errors turned into :class:`CliError`."""
+def _cli_error(exc: Exception, api_key: str | None) -> CliError:
+    """One ``error:`` line for a client error, with the hint the CLI user needs."""
+    from .errors import AgentExecutionError, ConfigError, RateLimitExceeded
 
-    def __init__(self, url: str, api_key: str | None, timeout: float) -> None:
-        self.url = url.rstrip("/")
-        self.api_key = api_key or None
-        self.timeout = timeout
-
-    def request(
-        self,
-        method: str,
-        path: str,
-        *,
-        json_body: Any = None,
-        params: dict[str, Any] | None = None,
-        accept_status: tuple[int, ...] = (),
-    ) -> tuple[int, Any]:
-        import httpx
-
-        headers = {"X-Nexus-Channel": "cli", "Accept": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        target = self.url + path
-        try:
-            with httpx.Client(timeout=self.timeout, trust_env=not _is_loopback(self.url)) as client:
-                resp = client.request(
-                    method, target, json=json_body, params=params, headers=headers
-                )
-        except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
-            raise CliError(
-                f"cannot reach the nexus server at {self.url} ({_reason(exc)}); start one with "
-                "`nexus serve APP_REF` or `make demo`, or pass --url / set $NEXUS_URL",
-                EXIT_UNREACHABLE,
-            ) from None
-        except httpx.TimeoutException:
-            raise CliError(
-                f"{method} {target} got no answer within {self.timeout:g} s (raise --timeout)",
-                EXIT_SERVER,
-            ) from None
-        except (httpx.InvalidURL, httpx.UnsupportedProtocol) as exc:
-            raise CliError(f"invalid --url {self.url!r}: {exc}", EXIT_USAGE) from None
-        except httpx.TransportError as exc:
-            raise CliError(
-                f"connection to {self.url} failed: {type(exc).__name__}: {_reason(exc)}",
-                EXIT_SERVER,
-            ) from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if resp.is_success or resp.status_code in accept_status:
-            if body is None and resp.status_code != 204 and resp.content:
-                raise CliError(
-                    f"{self.url} answered {method} {path} with something that is not JSON; "
-                    "is --url a nexus_lab server?",
-                    EXIT_SERVER,
-                )
-            return resp.status_code, body
-        raise self._http_error(resp, body)
-
-    def _http_error(self, resp: Any, body: Any) -> CliError:
-        status = resp.status_code
-        err = body.get("error") if isinstance(body, dict) else None
-        if isinstance(err, dict) and err.get("message"):
-            message = str(err["message"])
-        elif isinstance(err, str) and err:
-            message = err
-        elif isinstance(body, dict) and isinstance(body.get("detail"), str):
-            message = body["detail"]
-        else:
-            text = (resp.text or "").strip().splitlines()
-            message = f"HTTP {status} {resp.reason_phrase}" + (f": {text[0][:200]}" if text else "")
-        code = _status_exit_code(status)
-        if code == EXIT_RATE_LIMITED:
-            retry = resp.headers.get("Retry-After")
-            if retry is None and isinstance(err, dict):
-                retry = err.get("retry_after")
-            if retry is not None:
-                message += f" (retry after {retry} s)"
-        elif code == EXIT_AUTH and not self.api_key:
-            message += " (pass --api-key or set $NEXUS_API_KEY)"
-        elif code == EXIT_SERVER and isinstance(err, dict) and err.get("error_id"):
-            if str(err["error_id"]) not in message:
-                message += f" (error id {err['error_id']})"
-        return CliError(message, code)
+    code = _exit_code(exc)
+    message = str(exc)
+    if code == EXIT_UNREACHABLE:
+        message += (
+            "; start one with `nexus serve APP_REF` or `make demo`, or pass --url / set $NEXUS_URL"
+        )
+    elif code == EXIT_USAGE and isinstance(exc, ConfigError):
+        message = message.replace("invalid url", "invalid --url", 1)
+    elif code == EXIT_SERVER and getattr(exc, "connected", False) and "no answer" in message:
+        message += " (raise --timeout)"
+    elif code == EXIT_SERVER and "is the URL a nexus_lab server" in message:
+        message = message.replace("is the URL", "is --url")
+    elif isinstance(exc, RateLimitExceeded):
+        message += f" (retry after {exc.retry_after:g} s)"
+    elif code == EXIT_AUTH and not api_key:
+        message += " (pass --api-key or set $NEXUS_API_KEY)"
+    elif isinstance(exc, AgentExecutionError) and exc.error_id and exc.error_id not in message:
+        message += f" (error id {exc.error_id})"
+    return CliError(message, code)
 
 
-def _is_loopback(url: str) -> bool:
-    """True for a local server: proxy settings from the environment are then ignored."""
-    from urllib.parse import urlsplit
+@contextlib.contextmanager
+def _client(url: str, api_key: str | None, timeout: float) -> Iterator[Any]:
+    """A :class:`~nexus_lab.client.NexusClient` on the ``cli`` channel; its errors exit cleanly."""
+    from .client import NexusClient
+    from .errors import NexusError
 
     try:
-        host = (urlsplit(url).hostname or "").lower()
-    except ValueError:
-        return False
-    return host in ("localhost", "::1") or host.startswith("127.")
-
-
-def _reason(exc: BaseException) -> str:
-    text = str(exc).strip()
-    if "Connection refused" in text or "Errno 111" in text:
-        return "connection refused"
-    return text.splitlines()[-1] if text else type(exc).__name__
+        client = NexusClient(
+            url, api_key=api_key or None, timeout=timeout, headers={"X-Nexus-Channel": "cli"}
+        )
+    except NexusError as exc:
+        raise _cli_error(exc, api_key) from None
+    try:
+        with client:
+            yield client
+    except NexusError as exc:
+        raise _cli_error(exc, api_key) from None
 
 
 def _client_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -267,15 +226,6 @@ def _dump(data: Any, *, pretty: bool = False) -> str:
     if pretty:
         return json.dumps(data, indent=2, ensure_ascii=False, default=str)
     return json.dumps(data, ensure_ascii=False, default=str)
-
-
-def _items(body: Any, key: str) -> list[Any]:
-    """A list from ``[...]``, ``{key: [...]}`` or ``{key: {name: item}}``."""
-    if isinstance(body, dict):
-        body = body.get(key, body)
-        if isinstance(body, dict):
-            return [({"name": k, **v} if isinstance(v, dict) else v) for k, v in body.items()]
-    return list(body) if isinstance(body, list) else []
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> str:
@@ -366,11 +316,8 @@ def run(name, query, pairs, json_input, session_id, url, api_key, timeout, as_js
     --json prints the whole response (session id included) instead.
     """
     inputs = _parse_inputs(json_input, pairs, query)
-    body: dict[str, Any] = {"inputs": inputs}
-    if session_id:
-        body["session_id"] = session_id
-    client = _Client(url, api_key, timeout)
-    _, resp = client.request("POST", f"/api/workflows/{_segment(name)}/execute", json_body=body)
+    with _client(url, api_key, timeout) as client:
+        resp = client.run(name, inputs, session_id=session_id or None, channel="cli").raw
     if as_json:
         click.echo(_dump(resp, pretty=True))
         return
@@ -383,12 +330,6 @@ def run(name, query, pairs, json_input, session_id, url, api_key, timeout, as_js
     sid = resp.get("session_id") if isinstance(resp, dict) else None
     if sid:
         click.echo(f"session: {sid}", err=True)
-
-
-def _segment(name: str) -> str:
-    from urllib.parse import quote
-
-    return quote(name, safe="")
 
 
 def _fmt_inputs(inputs: Any) -> str:
@@ -410,8 +351,9 @@ def _fmt_inputs(inputs: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON listing.")
 def list_(url, api_key, timeout, as_json) -> None:
     """List the deployments of the server: name, channels, inputs."""
-    _, body = _Client(url, api_key, timeout).request("GET", "/api/workflows")
-    items = _items(body, "workflows")
+    with _client(url, api_key, timeout) as client:
+        items = client.workflows()
+    body = {"workflows": items}
     if as_json:
         click.echo(_dump(body, pretty=True))
         return
@@ -439,8 +381,8 @@ def list_(url, api_key, timeout, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON health document.")
 def health(url, api_key, timeout, as_json) -> None:
     """Show the platform's health; exits 1 unless the status is 'healthy'."""
-    client = _Client(url, api_key, timeout)
-    status_code, body = client.request("GET", "/health", accept_status=(503,))
+    with _client(url, api_key, timeout) as client:
+        status_code, body = client.request("GET", "/health", accept_status=(503,))
     if not isinstance(body, dict):
         raise CliError(f"{client.url}/health returned no health document", EXIT_SERVER)
     status = str(body.get("status", "unknown"))
@@ -495,12 +437,12 @@ def _fmt_time(value: Any) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON listing.")
 def sessions_list(user_id, url, api_key, timeout, as_json) -> None:
     """List sessions (of one user with --user)."""
-    params = {"user_id": user_id} if user_id else None
-    _, body = _Client(url, api_key, timeout).request("GET", "/api/sessions", params=params)
+    with _client(url, api_key, timeout) as client:
+        listed = client.sessions.list(user_id=user_id or None)
     if as_json:
-        click.echo(_dump(body, pretty=True))
+        click.echo(_dump({"sessions": listed, "count": len(listed)}, pretty=True))
         return
-    items = [it for it in _items(body, "sessions") if isinstance(it, dict)]
+    items = [it for it in listed if isinstance(it, dict)]
     if not items:
         click.echo("no sessions")
         return
@@ -525,8 +467,8 @@ def sessions_list(user_id, url, api_key, timeout, as_json) -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print the JSON response.")
 def sessions_create(user_id, url, api_key, timeout, as_json) -> None:
     """Create a session and print its id."""
-    body = {"user_id": user_id} if user_id else {}
-    _, resp = _Client(url, api_key, timeout).request("POST", "/api/sessions", json_body=body)
+    with _client(url, api_key, timeout) as client:
+        resp = client.sessions.create(user_id=user_id or None)
     if as_json:
         click.echo(_dump(resp, pretty=True))
         return
@@ -541,7 +483,8 @@ def sessions_create(user_id, url, api_key, timeout, as_json) -> None:
 @_client_options
 def sessions_show(session_id, url, api_key, timeout) -> None:
     """Print a session (owner, channels, state) as JSON."""
-    _, body = _Client(url, api_key, timeout).request("GET", f"/api/sessions/{_segment(session_id)}")
+    with _client(url, api_key, timeout) as client:
+        body = client.sessions.get(session_id)
     click.echo(_dump(body, pretty=True))
 
 
@@ -550,7 +493,8 @@ def sessions_show(session_id, url, api_key, timeout) -> None:
 @_client_options
 def sessions_delete(session_id, url, api_key, timeout) -> None:
     """Delete a session."""
-    _Client(url, api_key, timeout).request("DELETE", f"/api/sessions/{_segment(session_id)}")
+    with _client(url, api_key, timeout) as client:
+        client.sessions.delete(session_id)
     click.echo(f"deleted {session_id}")
 
 
