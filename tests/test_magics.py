@@ -306,7 +306,7 @@ def test_call_in_process_when_not_running(ip):
         "response='[mock:mock-model] You said: What is AI?')"
     )
     assert "in-process" in result._repr_html_()
-    assert set(result.json) == {"outputs", "session_id", "execution_time_ms"}
+    assert {"outputs", "session_id", "execution_time_ms"} <= set(result.json)
 
 
 def test_call_mcp_or_cli_when_not_running_asks_to_start(ip):
@@ -343,7 +343,7 @@ def test_call_json_flag_returns_the_wire_dict(ip):
     nexus(ip, "deploy add")
     body = nexus(ip, "call add a=2 --json")
     assert body["outputs"] == {"sum": 3}
-    assert set(body) == {"outputs", "session_id", "execution_time_ms"}
+    assert {"outputs", "session_id", "execution_time_ms"} <= set(body)
 
 
 @pytest.mark.parametrize(("channel", "transport"), [("api", "http"), ("mcp", "mcp"), ("cli", "cli")])
@@ -366,6 +366,47 @@ def test_call_through_the_real_channel(served, channel, transport):
     added = nexus(served, f"call add a=2 b=40 --channel {channel}")
     assert added.outputs == {"sum": 42}
     assert nexus(served, f"call add a=1 --json --channel {channel}")["outputs"] == {"sum": 2}
+
+
+def _client_threads() -> set:
+    import threading
+
+    return {t for t in threading.enumerate() if t.name == "nexus-client-loop"}
+
+
+def test_calls_reuse_one_client_until_stop(ip):
+    from nexus_lab.client import NexusClient
+
+    magics = ip.magics_manager.registry["NexusMagics"]
+    others = _client_threads()  # e.g. the clients of the module's `served` shell
+    nexus(ip, "deploy add")
+    nexus(ip, "start")
+    app = ip.user_ns["nexus_app"]
+    try:
+        assert nexus(ip, "call add a=1").outputs == {"sum": 2}
+        (entry,) = magics._clients.values()
+        client = entry[2]
+        assert isinstance(client, NexusClient)
+        for line in ("call add a=2", "call add a=3 --channel mcp", "call add a=4 --channel mcp"):
+            nexus(ip, line)
+        assert list(magics._clients.values()) == [entry]  # one client: one pool, one MCP session
+        assert client._mcp is not None and len(_client_threads() - others) == 1
+        assert nexus(ip, "call add a=1 --api-key other").outputs == {"sum": 2}  # auth off: any key
+        assert len(magics._clients) == 2  # one client per key
+    finally:
+        nexus(ip, "stop")
+    assert magics._clients == {} and client._closed
+    assert _client_threads() - others == set()
+    nexus(ip, "start")
+    try:
+        nexus(ip, "call add a=1 --channel mcp")
+        (entry,) = magics._clients.values()
+        assert entry[2] is not client  # a new client for the new servers
+        app.stop()  # stopped behind the magics' back: the next call closes the stale client
+        assert nexus(ip, "call add a=5").in_process
+        assert magics._clients == {} and _client_threads() - others == set()
+    finally:
+        nexus(ip, "stop")
 
 
 def test_session_continues_across_channels(served):

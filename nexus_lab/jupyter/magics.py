@@ -39,9 +39,11 @@ Calls
 -----
 ``call`` goes through the real channel while the platform is serving:
 ``api`` is an HTTP POST to ``/api/workflows/NAME/execute``, ``mcp`` a
-``tools/call`` with the official MCP client (run in a worker thread, since
-the kernel already runs an event loop), ``cli`` a ``nexus run ... --json``
-subprocess. When the platform is not serving, ``--channel api`` (the
+``tools/call`` over streamable HTTP, both made by one
+:class:`~nexus_lab.client.NexusClient` per running platform (and API key),
+kept between calls - one connection pool, one MCP session on the client's
+own thread, since the kernel already runs an event loop - and closed by
+``%nexus stop``; ``cli`` is a ``nexus run ... --json`` subprocess. When the platform is not serving, ``--channel api`` (the
 default) runs in-process through ``app.execute`` and the result says so
 (``via='in-process'``; it runs in the kernel, so no API key is needed);
 ``mcp`` and ``cli`` ask you to ``%nexus start``.
@@ -78,13 +80,11 @@ from __future__ import annotations
 
 import argparse
 import ast
-import asyncio
 import json
 import os
 import re
 import subprocess
 import sys
-import threading
 import typing
 from typing import Any
 
@@ -432,43 +432,18 @@ def _fail(prefix: str, exc: BaseException) -> UsageError:
     return UsageError(f"{prefix}: {_one_line(exc)}")
 
 
-def _error_from_body(body: Any, fallback: str) -> tuple[str, str | None]:
-    """``(message, type)`` from an ``{"error": {"type", "message"}}`` body."""
-    err = body.get("error") if isinstance(body, dict) else None
-    if isinstance(err, dict) and err.get("message"):
-        return str(err["message"]), (str(err["type"]) if err.get("type") else None)
-    if isinstance(err, str) and err:
-        return err, None
-    if isinstance(body, dict) and isinstance(body.get("detail"), str):
-        return body["detail"], None
-    return fallback, None
+def _client_error(where: str, exc: NexusError, api_key: str | None) -> UsageError:
+    """One line for an error the platform answered (or a connection that failed)."""
+    from ..errors import AuthenticationError, Forbidden, NexusConnectionError
 
-
-def _run_in_thread(coro_factory: Any, timeout: float) -> Any:
-    """Run ``asyncio.run(coro_factory())`` in a fresh thread (the kernel's loop is busy)."""
-    box: dict[str, Any] = {}
-
-    def target() -> None:
-        try:
-            box["value"] = asyncio.run(coro_factory())
-        except BaseException as exc:  # handed back to the caller
-            box["error"] = exc
-
-    thread = threading.Thread(target=target, name="nexus-magic-mcp", daemon=True)
-    thread.start()
-    thread.join(timeout)
-    if thread.is_alive():
-        raise TimeoutError(f"no answer within {timeout:g} s (raise --timeout)")
-    if "error" in box:
-        raise box["error"]
-    return box.get("value")
-
-
-def _leaf_exception(exc: BaseException) -> BaseException:
-    """The first real error inside (nested) exception groups (task groups wrap errors)."""
-    while getattr(exc, "exceptions", None):
-        exc = exc.exceptions[0]  # type: ignore[attr-defined]
-    return exc
+    message = _one_line(exc)
+    if isinstance(exc, NexusConnectionError):
+        if getattr(exc, "connected", False) and "no answer" in message:
+            message += " (raise --timeout)"
+        return UsageError(f"{where}: {message} [{exc.error_type}]")
+    if isinstance(exc, (AuthenticationError, Forbidden)) and not api_key:
+        message += f" (pass --api-key or set ${API_KEY_ENV})"
+    return UsageError(f"{where}: {message} [{exc.error_type}, HTTP {exc.http_status}]")
 
 
 # --------------------------------------------------------------------------- magics
@@ -484,6 +459,8 @@ class NexusMagics(Magics):
         self.owned_app: Any = None
         #: Apps that ``%nexus start`` started; ``%unload_ext`` stops them.
         self.started_apps: list[Any] = []
+        #: (id(app), api key) -> (app, its URLs, NexusClient): see :meth:`client`.
+        self._clients: dict[tuple[int, str | None], tuple[Any, tuple[Any, Any], Any]] = {}
 
     # -- the app -----------------------------------------------------------------
     @property
@@ -609,6 +586,7 @@ class NexusMagics(Magics):
 
     def _cmd_stop(self, args: argparse.Namespace) -> PlatformStatus:
         app = self.app(args.app)
+        self.close_clients(app)
         app.stop()
         return PlatformStatus.from_app(app)
 
@@ -629,16 +607,17 @@ class NexusMagics(Magics):
         channel = args.channel
         where = f"{args.name} via {channel}"
         if not app.is_running:
+            self._prune_clients()
             if channel != "api":
                 raise UsageError(
                     f"the platform is not running: run %nexus start first to call {args.name!r} "
                     f"over {channel} (or use --channel api to run it in-process)"
                 )
             result = self._call_in_process(app, args.name, inputs, args.session)
-        elif channel == "api":
-            result = self._call_http(app, args.name, inputs, args.session, api_key, args.timeout, where)
-        elif channel == "mcp":
-            result = self._call_mcp(app, args.name, inputs, args.session, api_key, args.timeout, where)
+        elif channel in ("api", "mcp"):
+            result = self._call_client(
+                app, args.name, inputs, args.session, api_key, args.timeout, where, channel
+            )
         else:
             result = self._call_cli(app, args.name, inputs, args.session, api_key, args.timeout, where)
         return result.json if args.json else result
@@ -675,75 +654,56 @@ class NexusMagics(Magics):
             execution_time_ms=body.get("execution_time_ms"),
         )
 
-    def _call_http(self, app, name, inputs, session_id, api_key, timeout, where) -> CallResult:
-        from urllib.parse import quote
+    # -- clients ---------------------------------------------------------------------
+    def client(self, app: Any, api_key: str | None = None) -> Any:
+        """The :class:`~nexus_lab.client.NexusClient` of a serving ``app`` (one per app and key).
 
-        import httpx
+        Kept between calls (one connection pool, one MCP session), closed by
+        ``%nexus stop``, ``%unload_ext`` or the next call once the platform
+        stopped or moved to other ports.
+        """
+        from ..client import NexusClient
 
-        payload: dict[str, Any] = {"inputs": inputs}
-        if session_id:
-            payload["session_id"] = session_id
-        headers = {"Accept": "application/json"}
-        if api_key:
-            headers["Authorization"] = f"Bearer {api_key}"
-        url = f"{app.api_url}/api/workflows/{quote(name, safe='')}/execute"
+        self._prune_clients()
+        key = (id(app), api_key)
+        entry = self._clients.get(key)
+        if entry is not None:
+            return entry[2]
+        client = NexusClient(app.api_url, api_key=api_key, mcp_url=app.mcp_url, timeout=DEFAULT_TIMEOUT)
+        self._clients[key] = (app, (app.api_url, app.mcp_url), client)
+        return client
+
+    def _prune_clients(self) -> None:
+        """Close the clients of platforms that stopped or now serve elsewhere."""
+        for key, (app, urls, client) in list(self._clients.items()):
+            if not app.is_running or urls != (app.api_url, app.mcp_url):
+                del self._clients[key]
+                client.close()
+
+    def close_clients(self, app: Any = None) -> None:
+        """Close the cached clients (of ``app`` only, when given)."""
+        for key, (owner, _, client) in list(self._clients.items()):
+            if app is None or owner is app:
+                del self._clients[key]
+                client.close()
+
+    def _call_client(self, app, name, inputs, session_id, api_key, timeout, where, channel) -> CallResult:
         try:
-            with httpx.Client(timeout=timeout, trust_env=False) as client:
-                resp = client.post(url, json=payload, headers=headers)
-        except httpx.TimeoutException:
-            raise UsageError(f"{where}: no answer within {timeout:g} s (raise --timeout)") from None
-        except httpx.HTTPError as exc:
-            raise UsageError(f"{where}: cannot reach {app.api_url} ({_one_line(exc)})") from None
-        try:
-            body = resp.json()
-        except ValueError:
-            body = None
-        if not resp.is_success:
-            message, kind = _error_from_body(body, resp.reason_phrase or "error")
-            if resp.status_code in (401, 403) and not api_key:
-                message += f" (pass --api-key or set ${API_KEY_ENV})"
-            tag = f"{kind}, HTTP {resp.status_code}" if kind else f"HTTP {resp.status_code}"
-            raise UsageError(f"{where}: {' '.join(message.split())} [{tag}]")
-        return self._from_wire(name, "api", "http", body, where)
-
-    def _call_mcp(self, app, name, inputs, session_id, api_key, timeout, where) -> CallResult:
-        arguments = dict(inputs)
-        if session_id:
-            arguments["session_id"] = session_id
-        url = app.mcp_url
-
-        async def call() -> Any:
-            from mcp import Client
-
-            if not api_key:
-                async with Client(url) as client:
-                    return await client.call_tool(name, arguments)
-            from mcp.client.streamable_http import streamable_http_client
-            from mcp.shared._httpx_utils import create_mcp_http_client
-
-            async with create_mcp_http_client(headers={"Authorization": f"Bearer {api_key}"}) as http:
-                async with Client(streamable_http_client(url, http_client=http)) as client:
-                    return await client.call_tool(name, arguments)
-
-        try:
-            result = _run_in_thread(call, timeout)
-        except TimeoutError as exc:
-            raise UsageError(f"{where}: {_one_line(exc)}") from None
-        except Exception as exc:
-            leaf = _leaf_exception(exc)
-            raise UsageError(f"{where}: {_one_line(leaf)} [{type(leaf).__name__}]") from None
-        if getattr(result, "is_error", False):
-            text = " ".join(
-                getattr(c, "text", "") for c in (getattr(result, "content", None) or [])
-            ).strip()
-            raise UsageError(f"{where}: {' '.join(text.split()) or 'the tool reported an error'}")
-        body = getattr(result, "structured_content", None)
-        if body is None:  # a client that ignored structuredContent: the text holds the same JSON
-            try:
-                body = json.loads(result.content[0].text)
-            except (AttributeError, IndexError, TypeError, ValueError):
-                body = None
-        return self._from_wire(name, "mcp", "mcp", body, where)
+            result = self.client(app, api_key).run(
+                name, inputs, session_id=session_id, channel=channel, timeout=timeout
+            )
+        except NexusError as exc:
+            raise _client_error(where, exc, api_key) from None
+        transport = "http" if channel == "api" else channel
+        return CallResult(
+            name=name,
+            channel=channel,
+            transport=transport,
+            outputs=result.outputs,
+            session_id=result.session_id,
+            json=result.raw,
+            execution_time_ms=result.execution_time_ms,
+        )
 
     def _call_cli(self, app, name, inputs, session_id, api_key, timeout, where) -> CallResult:
         cmd = [
@@ -822,6 +782,7 @@ class NexusMagics(Magics):
         Only stopped (deployments and sessions are kept), so the app in
         ``nexus_app`` stays usable after ``%reload_ext nexus_lab``.
         """
+        self.close_clients()
         apps, self.started_apps = self.started_apps, []
         if self.owned_app is not None and all(self.owned_app is not a for a in apps):
             apps.append(self.owned_app)
@@ -840,7 +801,8 @@ def load_ipython_extension(ipython: Any) -> None:
     previous = _LOADED.get(id(ipython))
     if previous is not None:  # loaded twice: the new instance takes over what the first owns
         magics.owned_app, magics.started_apps = previous.owned_app, previous.started_apps
-        previous.owned_app, previous.started_apps = None, []
+        magics._clients = previous._clients
+        previous.owned_app, previous.started_apps, previous._clients = None, [], {}
     ipython.register_magics(magics)
     _LOADED[id(ipython)] = magics
 
