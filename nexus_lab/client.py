@@ -78,6 +78,7 @@ import json
 import re
 import threading
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -711,8 +712,13 @@ class _BackgroundLoop:
         return future.result(timeout)
 
     def stop(self) -> None:
-        if self.thread.is_alive():
+        if not self.thread.is_alive():
+            return
+        try:
             self.loop.call_soon_threadsafe(self.loop.stop)
+        except RuntimeError:  # the loop already closed
+            return
+        if threading.current_thread() is not self.thread:
             self.thread.join()
 
 
@@ -887,6 +893,8 @@ class NexusClient(_Common):
                 if self.mcp_url is None:
                     self.mcp_url = _mcp_url_from_health(self.health(), self.url)
                 self._loop = _BackgroundLoop()
+                # a client dropped without close() still stops its thread when collected
+                weakref.finalize(self, self._loop.stop)
             return self._loop
 
     async def _session(self) -> _MCPSession:
