@@ -151,7 +151,7 @@ def _exit_code(exc: Exception) -> int:
 
 def _cli_error(exc: Exception, api_key: str | None) -> CliError:
     """One ``error:`` line for a client error, with the hint the CLI user needs."""
-    from .errors import AgentExecutionError, ConfigError, RateLimitExceeded
+    from .errors import ConfigError, RateLimitExceeded
 
     code = _exit_code(exc)
     message = str(exc)
@@ -169,8 +169,8 @@ def _cli_error(exc: Exception, api_key: str | None) -> CliError:
         message += f" (retry after {exc.retry_after:g} s)"
     elif code == EXIT_AUTH and not api_key:
         message += " (pass --api-key or set $NEXUS_API_KEY)"
-    elif isinstance(exc, AgentExecutionError) and exc.error_id and exc.error_id not in message:
-        message += f" (error id {exc.error_id})"
+    elif getattr(exc, "error_id", None) and exc.error_id not in message:
+        message += f" (error id {exc.error_id})"  # AgentExecutionError, InternalError
     return CliError(message, code)
 
 

@@ -47,18 +47,20 @@ A failed call raises the :mod:`nexus_lab.errors` class a local
        session_not_found   404    SessionNotFound       .session_id
        validation_error    422    InputValidationError  .field, .errors
        session_state_error 422    SessionStateError
-       bad_request         400    BadRequest            (also method_not_allowed)
+       bad_request         400    BadRequest
        config_error        400    ConfigError           .field
        unauthorized        401    AuthenticationError
        forbidden           403    Forbidden
+       method_not_allowed  405    MethodNotAllowed      .allow
        conflict            409    DeploymentExists
        payload_too_large   413    PayloadTooLarge
        rate_limited        429    RateLimitExceeded     .retry_after, .limit
        agent_error         500    AgentExecutionError   .error_id
-       internal_error      500    AgentExecutionError   .error_id (a server bug)
+       internal_error      500    InternalError         .error_id (a platform bug)
        provider_error      502    ProviderError
-       service_unavailable 503    ServiceUnavailable
+       service_unavailable 503    ServiceUnavailable    .retry_after (or None)
        timeout             504    ExecutionTimeout
+       http_error          any    HTTPError             .http_status
        (unknown type)      any    the class of the status above, else NexusError
 
     no answer from the server ─────► NexusConnectionError  .url, .connected
@@ -93,7 +95,10 @@ from .errors import (
     DeploymentNotFound,
     ExecutionTimeout,
     Forbidden,
+    HTTPError,
     InputValidationError,
+    InternalError,
+    MethodNotAllowed,
     NexusConnectionError,
     NexusError,
     NotFound,
@@ -183,7 +188,8 @@ _BY_TYPE: dict[str, type[NexusError]] = {
     InputValidationError.error_type: InputValidationError,
     SessionStateError.error_type: SessionStateError,
     BadRequest.error_type: BadRequest,
-    "method_not_allowed": BadRequest,
+    MethodNotAllowed.error_type: MethodNotAllowed,
+    HTTPError.error_type: HTTPError,
     ConfigError.error_type: ConfigError,
     AuthenticationError.error_type: AuthenticationError,
     Forbidden.error_type: Forbidden,
@@ -191,7 +197,7 @@ _BY_TYPE: dict[str, type[NexusError]] = {
     PayloadTooLarge.error_type: PayloadTooLarge,
     RateLimitExceeded.error_type: RateLimitExceeded,
     AgentExecutionError.error_type: AgentExecutionError,
-    "internal_error": AgentExecutionError,
+    InternalError.error_type: InternalError,
     ProviderError.error_type: ProviderError,
     ServiceUnavailable.error_type: ServiceUnavailable,
     ExecutionTimeout.error_type: ExecutionTimeout,
@@ -202,6 +208,7 @@ _BY_STATUS: dict[int, type[NexusError]] = {
     401: AuthenticationError,
     403: Forbidden,
     404: NotFound,
+    405: MethodNotAllowed,
     409: DeploymentExists,
     413: PayloadTooLarge,
     422: InputValidationError,
@@ -212,6 +219,10 @@ _BY_STATUS: dict[int, type[NexusError]] = {
 }
 # The platform's messages, for an MCP tool error whose text is only the message.
 _MESSAGE_TYPES: list[tuple[re.Pattern[str], str]] = [
+    (
+        re.compile(r"^(?:tool '.*' failed with|internal server error).*error id (?P<error_id>[0-9A-Za-z]{6,})"),
+        "internal_error",
+    ),
     (re.compile(r"error id (?P<error_id>[0-9A-Za-z]{6,})"), "agent_error"),
     (re.compile(r"^Session '(?P<session_id>.*)' not found"), "session_not_found"),
     (re.compile(r"^no deployment named '"), "not_found"),
@@ -233,6 +244,13 @@ def _number(value: Any) -> float | None:
         return float(value)
     except (TypeError, ValueError):
         return None
+
+
+def _header(headers: Mapping[str, str], name: str) -> str | None:
+    value = headers.get(name)
+    if value is None and isinstance(headers, dict):  # a plain dict is case-sensitive
+        value = next((v for k, v in headers.items() if k.lower() == name), None)
+    return value
 
 
 def _error_from(
@@ -269,25 +287,36 @@ def _error_from(
     elif cls is ConfigError:
         exc = ConfigError(message, field=error.get("field"))
     elif cls is RateLimitExceeded:
-        retry = _number(headers.get("retry-after") or headers.get("Retry-After"))
+        retry = _number(_header(headers, "retry-after"))
         if retry is None:
             retry = _number(error.get("retry_after"))
         if retry is None:
             found = _RETRY_RE.search(message)
             retry = float(found.group(1)) if found else 0.0
-        limit = _number(headers.get("x-ratelimit-limit") or headers.get("X-RateLimit-Limit"))
+        limit = _number(_header(headers, "x-ratelimit-limit"))
         if limit is None:
             limit = _number(error.get("limit"))
         if limit is None:
             found = _LIMIT_RE.search(message)
             limit = float(found.group(1)) if found else 0
         exc = RateLimitExceeded(message, retry_after=retry, limit=int(limit))
-    elif cls is AgentExecutionError:
+    elif cls is AgentExecutionError or cls is InternalError:
         error_id = error.get("error_id")
         if not error_id:
             found = _ERROR_ID_RE.search(message)
             error_id = found.group(1) if found else ""
-        exc = AgentExecutionError(message, str(error_id))
+        if cls is AgentExecutionError:
+            exc = AgentExecutionError(message, str(error_id))
+        else:
+            exc = InternalError(str(error_id))
+            exc.message = message  # the server's own words
+            exc.args = (message,)
+    elif cls is ServiceUnavailable:
+        exc = ServiceUnavailable(message, retry_after=_number(_header(headers, "retry-after")))
+    elif cls is MethodNotAllowed:
+        exc = MethodNotAllowed(message, allow=_header(headers, "allow") or "")
+    elif cls is HTTPError:
+        exc = HTTPError(message, status or 500, headers=dict(headers))
     elif cls is ProviderError:
         exc = ProviderError(message)
     else:

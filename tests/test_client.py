@@ -34,7 +34,9 @@ from nexus_lab.errors import (
     ExecutionTimeout,
     Forbidden,
     InputValidationError,
+    MethodNotAllowed,
     NexusConnectionError,
+    NotFound,
     PayloadTooLarge,
     RateLimitExceeded,
     ServiceUnavailable,
@@ -339,7 +341,7 @@ def test_rate_limit_has_retry_after(channel):
     app.close()
 
 
-def test_payload_too_large_and_bad_request(make_app):
+def test_payload_too_large_bad_request_and_routes(make_app):
     app = make_app(max_body_bytes=1024)
     deploy_multi_channel(add, app, "add")
     with app.running(), NexusClient(app.api_url) as c:
@@ -350,6 +352,11 @@ def test_payload_too_large_and_bad_request(make_app):
                 "POST", "/api/workflows/add/execute", json={"inputs": {"a": 1}},
                 headers={"X-Nexus-Channel": "carrier-pigeon"},
             )
+        with pytest.raises(MethodNotAllowed) as info:
+            c.request("GET", "/api/workflows/add/execute")
+        assert "POST" in info.value.allow
+        with pytest.raises(NotFound):
+            c.request("GET", "/no/such/route")
 
 
 @pytest.mark.parametrize("channel", ["api", "mcp"])
@@ -437,6 +444,37 @@ def test_no_mcp_url_in_health_asks_for_mcp_url():
     health = {"status": "healthy", "channels": {"mcp": {"state": "stopped", "url": None}}}
     with pytest.raises(ConfigError, match="pass mcp_url="):
         _mcp_url_from_health(health, "http://127.0.0.1:8000")
+
+
+@pytest.mark.parametrize(
+    "text, cls, attrs",
+    [
+        (
+            "tool 'x' failed with TypeError; see the server log for error id 0123456789ab",
+            "InternalError",
+            {"error_id": "0123456789ab"},
+        ),
+        (
+            '{"error": {"type": "validation_error", "message": "invalid input \'n\'", "field": "n"}}',
+            "InputValidationError",
+            {"field": "n"},
+        ),
+        (
+            "deployment 'slow' did not finish within its timeout of 1 s; the call was cancelled",
+            "ExecutionTimeout",
+            {},
+        ),
+        ("something else went wrong", "NexusError", {}),
+    ],
+)
+def test_tool_error_text_goes_through_the_same_table(text, cls, attrs):
+    """MCP tool errors carry the platform's JSON body or only its message; both are mapped."""
+    from nexus_lab.client import _error_from_tool_text
+
+    exc = _error_from_tool_text(text, None)
+    assert type(exc).__name__ == cls
+    for key, value in attrs.items():
+        assert getattr(exc, key) == value
 
 
 # ----------------------------------------------------------------------------- one pool, one session
