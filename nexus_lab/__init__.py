@@ -19,7 +19,7 @@ import importlib
 import importlib.util
 from typing import TYPE_CHECKING, Any
 
-from ._version import __version__
+from ._version import __version__ as __version__  # re-exported (in __all__)
 
 _EXPORTS: dict[str, str] = {
     # agents
