@@ -115,3 +115,44 @@ def test_close_stops_the_workers_and_refuses_new_calls():
 def test_max_workers_is_validated(bad):
     with pytest.raises(ValueError, match="max_workers"):
         WorkerPool(max_workers=bad)
+
+
+def test_a_key_holds_at_most_its_limit_of_threads_and_the_rest_wait(pool):
+    gate = threading.Event()
+    entered = threading.Semaphore(0)
+
+    def blocked() -> str:
+        entered.release()
+        gate.wait(30)
+        return "done"
+
+    async def main():
+        calls = [asyncio.ensure_future(pool.run(blocked, key="k", limit=2)) for _ in range(5)]
+        other = await pool.run(lambda: "free")  # another key is not held up
+        for _ in range(2):
+            await asyncio.get_running_loop().run_in_executor(None, entered.acquire)
+        assert pool.running("k") == 2
+        assert not entered.acquire(blocking=False)  # the other three wait without a thread
+        gate.set()
+        return other, await asyncio.gather(*calls)
+
+    other, results = asyncio.run(main())
+    assert other == "free" and results == ["done"] * 5
+    assert pool.running("k") == 0
+
+
+def test_a_waiting_call_whose_caller_gave_up_never_runs(pool):
+    gate = threading.Event()
+    ran = []
+
+    async def main():
+        first = asyncio.ensure_future(pool.run(lambda: gate.wait(30), key="k", limit=1))
+        with pytest.raises(asyncio.TimeoutError):
+            await asyncio.wait_for(pool.run(lambda: ran.append(1), key="k", limit=1), 0.05)
+        gate.set()
+        await first
+        await pool.run(lambda: None, key="k", limit=1)  # the slot came back
+
+    asyncio.run(main())
+    assert ran == []
+    assert pool.running("k") == 0

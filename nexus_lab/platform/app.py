@@ -106,9 +106,10 @@ class Nexus:
             gets 504; a deployment's own ``timeout=`` wins. ``None``: no limit. A timed-out
             async agent is cancelled; a sync one cannot be stopped, so its worker thread is
             written off and the pool may start another one in its place.
-        max_concurrency: calls of one deployment in flight at once before others get 503
-            (default: three quarters of ``worker_threads``), so that one hung agent cannot
-            take every worker; a deployment's own ``max_concurrency=`` wins.
+        max_concurrency: calls of one sync deployment holding a worker thread at once; more
+            wait their turn without holding one (default: three quarters of ``worker_threads``),
+            so that one hung agent cannot take every worker; a deployment's own
+            ``max_concurrency=`` wins.
     """
 
     def __init__(
@@ -374,7 +375,9 @@ class Nexus:
                 functools.partial(
                     self._run_sync, dep, inputs, channel, session_id, principal, coerce_strings,
                     started, ticket,
-                )
+                ),
+                key=dep,
+                limit=dep.max_concurrency or self.max_concurrency,
             )
             if timeout is None:
                 return await call
@@ -419,6 +422,8 @@ class Nexus:
         With a ``ticket`` whose caller gave up (a timeout), the steps after the agent
         are not run: nothing is written for a call the caller saw fail.
         """
+        if ticket is not None and not ticket.start():
+            raise ExecutionTimeout(f"deployment {dep.name!r} timed out before it started")
         flow = self._flow(dep, inputs, channel, session_id, principal, coerce_strings, started)
         value: Any = None
         error: BaseException | None = None
@@ -475,12 +480,6 @@ class Nexus:
         """
         agent_seconds = 0.0
         try:
-            dep.acquire(dep.max_concurrency or self.max_concurrency)
-        except NexusError:
-            if self.enable_monitoring:  # refused calls are failures the caller saw
-                self._record(dep.name, channel, time.perf_counter() - started, 0.0, False)
-            raise
-        try:
             values = dep.schema.validate(inputs, coerce_strings=coerce_strings)
             manager = None
             state: dict[str, Any] = {}
@@ -524,8 +523,6 @@ class Nexus:
             if self.enable_monitoring:
                 self._record(dep.name, channel, time.perf_counter() - started, agent_seconds, False)
             raise
-        finally:
-            dep.release()
         elapsed = time.perf_counter() - started
         if self.enable_monitoring:
             self._record(dep.name, channel, elapsed, agent_seconds, True)
@@ -694,18 +691,24 @@ _AGENT = object()
 class _Ticket:
     """One served sync call, shared by the loop (which may give up on it) and its worker."""
 
-    __slots__ = ("abandoned", "_done", "_lock")
+    __slots__ = ("abandoned", "_started", "_done", "_lock")
 
     def __init__(self) -> None:
         self.abandoned = False
-        self._done = False
+        self._started = self._done = False
         self._lock = threading.Lock()
 
+    def start(self) -> bool:
+        """The worker begins the call; False if the caller already gave up (skip it)."""
+        with self._lock:
+            self._started = True
+            return not self.abandoned
+
     def abandon(self) -> bool:
-        """The caller gives up; True if the call is still running (its thread is held)."""
+        """The caller gives up; True if the call is running now (it holds its thread)."""
         with self._lock:
             self.abandoned = True
-            return not self._done
+            return self._started and not self._done
 
     def finish(self) -> bool:
         """The call ended; True if it had been abandoned while running."""
@@ -743,8 +746,7 @@ def _request_started() -> float | None:
     """When the HTTP/MCP request being served reached the platform (set by the guard)."""
     from . import guard
 
-    var = getattr(guard, "request_started", None)
-    return var.get() if var is not None else None
+    return guard.request_started.get()
 
 
 #: Agent attributes that change what a deployment shows (its description, MCP tool metadata).

@@ -13,7 +13,7 @@ MCP                   the tool ``<name>``
 ``deploy_multi_channel`` registers ONE deployment reachable on all three.
 Every deploy function also takes ``timeout=SECONDS`` (a served call that runs
 longer answers 504; default: the platform's ``execution_timeout``) and
-``max_concurrency=N`` (calls in flight at once before 503).
+``max_concurrency=N`` (sync calls holding a worker thread at once; more wait).
 Deploying again under the same name replaces the deployment on purpose;
 compiled schemas come from the app's own bounded cache unless
 ``use_cache=False``.

@@ -12,7 +12,6 @@ import asyncio
 import inspect
 import json
 import re
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -175,7 +174,7 @@ def _title(target: Any, fn: Callable[..., Any]) -> str:
     return getattr(fn, "__name__", "Inputs")
 
 
-@dataclass
+@dataclass(eq=False)  # identity: a deployment is also the key of its worker slots
 class Deployment:
     """A registered agent or function, exposed on some channels."""
 
@@ -187,7 +186,7 @@ class Deployment:
     created_at: float = field(default_factory=time.time)
     #: Seconds a served call may run (None: the platform's ``execution_timeout``).
     timeout: float | None = None
-    #: Calls allowed in flight at once (None: the platform's default).
+    #: Sync calls holding a worker thread at once; more wait their turn (None: the platform's default).
     max_concurrency: int | None = None
 
     @property
@@ -205,29 +204,6 @@ class Deployment:
     def __post_init__(self) -> None:
         self._sync = _bind(self.target, self.compiled.sync_attr)
         self._async = _bind(self.target, self.compiled.async_attr)
-        self._in_flight = 0
-        self._slots = threading.Lock()
-
-    @property
-    def in_flight(self) -> int:
-        """Calls of this deployment running now (a timed-out call counts until its agent returns)."""
-        return self._in_flight
-
-    def acquire(self, limit: int) -> None:
-        """Take an in-flight slot, or raise :class:`~nexus_lab.errors.ServiceUnavailable`."""
-        with self._slots:
-            if self._in_flight >= limit:
-                from ..errors import ServiceUnavailable
-
-                raise ServiceUnavailable(
-                    f"deployment {self.name!r} already has {self._in_flight} calls in flight "
-                    f"(max_concurrency={limit}); retry later"
-                )
-            self._in_flight += 1
-
-    def release(self) -> None:
-        with self._slots:
-            self._in_flight -= 1
 
     def _kwargs(self, values: dict[str, Any], session_state: dict[str, Any] | None) -> dict[str, Any]:
         if not self.compiled.accepts_state:

@@ -86,6 +86,8 @@ class WorkerPool:
         # more, so a hung agent cannot starve every other call of a worker
         self._abandoned = 0
         self._started = 0
+        self._running: dict[Any, int] = {}
+        self._waiting: dict[Any, collections.deque] = {}
 
     @property
     def threads(self) -> int:
@@ -103,16 +105,52 @@ class WorkerPool:
         with self._lock:
             self._abandoned = max(0, self._abandoned - 1)
 
-    async def run(self, fn: Callable[[], T]) -> T:
-        """Run ``fn()`` in a worker thread and return (or raise) what it did."""
+    async def run(self, fn: Callable[[], T], *, key: Any = None, limit: int = 0) -> T:
+        """Run ``fn()`` in a worker thread and return (or raise) what it did.
+
+        With ``key`` and ``limit``, at most ``limit`` calls of that key hold a
+        thread at once; the others wait their turn in the pool without holding
+        one (so one hung deployment cannot take every worker), and a caller that
+        gives up while waiting (a timeout cancels its future) is skipped.
+        """
         loop = asyncio.get_running_loop()
         completions = self._completions.get(loop)
         if completions is None:
             with self._lock:
                 completions = self._completions.setdefault(loop, _Completions(loop))
         future = loop.create_future()
-        self._submit((completions, future, fn))
+        item = (completions, future, fn, key)
+        if key is not None:
+            with self._lock:
+                running = self._running.get(key, 0)
+                if running >= limit:
+                    self._waiting.setdefault(key, collections.deque()).append(item)
+                    item = None
+                else:
+                    self._running[key] = running + 1
+        if item is not None:
+            self._submit(item)
         return await future
+
+    def running(self, key: Any) -> int:
+        """Calls of ``key`` holding a worker thread now (an abandoned one until it returns)."""
+        return self._running.get(key, 0)
+
+    def _next_of(self, key: Any) -> tuple | None:
+        """The next waiting call of ``key`` to run in the slot just freed, or None (slot released)."""
+        with self._lock:
+            waiting = self._waiting.get(key)
+            while waiting:
+                item = waiting.popleft()
+                if not item[1].done():  # not cancelled while it waited
+                    return item
+            self._waiting.pop(key, None)
+            running = self._running.get(key, 0) - 1
+            if running > 0:
+                self._running[key] = running
+            else:
+                self._running.pop(key, None)
+            return None
 
     def _submit(self, item: tuple) -> None:
         if self._closed:
@@ -134,13 +172,19 @@ class WorkerPool:
             item = get()
             if item is None:
                 return
-            completions, future, fn = item
-            try:
-                value, ok = fn(), True
-            except BaseException as exc:  # delivered to the awaiting coroutine
-                value, ok = exc, False
-            completions.push(future, ok, value)
-            del item, future, fn, value
+            completions, future, fn, key = item
+            if not future.done():  # a caller that gave up before its turn: skip the call
+                try:
+                    value, ok = fn(), True
+                except BaseException as exc:  # delivered to the awaiting coroutine
+                    value, ok = exc, False
+                completions.push(future, ok, value)
+                del value
+            del item, future, fn
+            if key is not None:
+                following = self._next_of(key)
+                if following is not None:
+                    self._submit(following)
             with self._lock:  # a surplus thread (started for an abandoned call) leaves
                 if len(self._threads) > self.max_workers + self._abandoned and not self._closed:
                     self._threads.remove(threading.current_thread())
