@@ -231,7 +231,6 @@ _MESSAGE_TYPES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"^rate limit of \d+ requests"), "rate_limited"),
     (re.compile(r"^(?:missing|invalid) API key"), "unauthorized"),
     (re.compile(r"did not finish within its timeout|^deployment '.*' timed out$"), "timeout"),
-    (re.compile(r"calls in flight \(max_concurrency="), "service_unavailable"),
 ]
 _RETRY_RE = re.compile(r"retry after (\d+(?:\.\d+)?) ?s")
 _LIMIT_RE = re.compile(r"rate limit of (\d+) ")
