@@ -40,7 +40,15 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from ..errors import InputValidationError, SessionNotFound, SessionStateError
-from .models import Session, SessionEvent, SessionRecord, decode_json, encode_json_bytes
+from .models import (
+    Session,
+    SessionEvent,
+    SessionRecord,
+    StateTooLarge,
+    decode_json,
+    encode_json_bytes,
+    merge_json,
+)
 from .stores import (
     CHANNEL_PREFIX,
     COUNTER_CREATED,
@@ -103,6 +111,19 @@ def _check_text(field: str, value: str, error: type[Exception] = InputValidation
         if error is InputValidationError:
             raise InputValidationError(msg, field=field) from None
         raise error(msg) from None
+
+
+def _state_error(exc: Exception) -> SessionStateError:
+    """The manager's error for a state that ``merge_json`` refused."""
+    if isinstance(exc, StateTooLarge):
+        return SessionStateError(
+            f"Session state would be {exc.size:,} bytes as JSON, over the {exc.limit:,}-byte "
+            "limit (max_state_bytes); store summaries, not full histories"
+        )
+    return SessionStateError(
+        "Session state must be JSON-serialisable (str, int, float, bool, None, list, "
+        f"dict with str keys): {exc}"
+    )
 
 
 class NexusSessionManager:
@@ -345,7 +366,35 @@ class NexusSessionManager:
             if not isinstance(updates, Mapping):
                 raise TypeError(f"updates must be a dict, not {type(updates).__name__}")
             updates = dict(updates)
-        return self._merge(session_id, None, updates, channel)
+        try:  # the common case: a channel seen before (validated then)
+            incr = self._channel_incr[channel]
+        except (KeyError, TypeError):
+            incr = self._incr_for(channel)
+        now = self._clock()
+        limit = self.max_state_bytes
+        default_ttl = self.session_ttl
+
+        # One closure per call: the store's atomic read-modify-write needs a callable, and a
+        # closure is the cheapest one that carries this call's values.
+        def mutate(rec: SessionRecord) -> dict[str, Any]:
+            try:  # one decode and one encoding: the JSON check, size check and stored form
+                merged, rec.state_json = merge_json(rec.state_json, updates, limit)
+            except _ENCODE_ERRORS as exc:  # raised before rec changed: nothing is written
+                raise _state_error(exc) from None
+            # the bookkeeping of a write, inline (this is the hot path; apply's twin below)
+            rec.last_accessed = now
+            ttl = rec.ttl
+            rec.expires_at = now + (default_ttl if ttl is None else ttl)
+            writers = rec.writers
+            stamp = (channel, now)
+            for key in updates:
+                writers[key] = stamp
+            if channel not in rec.channels:
+                rec.channels.append(channel)
+            return merged
+
+        event = SessionEvent(now, channel, "update", tuple(updates))
+        return self._store.update(session_id, mutate, now, event, incr)
 
     def apply_session_update(
         self,
@@ -369,52 +418,28 @@ class NexusSessionManager:
         """
         if not callable(compute):
             raise TypeError(f"compute must be callable, not {type(compute).__name__}")
-        return self._merge(session_id, compute, None, channel)
-
-    def _merge(
-        self,
-        session_id: str,
-        compute: Callable[[dict[str, Any]], Mapping[str, Any]] | None,
-        updates: dict[str, Any] | None,
-        channel: str,
-    ) -> dict[str, Any]:
-        try:  # the common case: a channel seen before (validated then)
+        try:
             incr = self._channel_incr[channel]
         except (KeyError, TypeError):
             incr = self._incr_for(channel)
         now = self._clock()
         limit = self.max_state_bytes
         default_ttl = self.session_ttl
-        event = SessionEvent(now, channel, "update", () if updates is None else tuple(updates))
+        event = SessionEvent(now, channel, "update", ())
 
-        # One closure per call: the store's atomic read-modify-write needs a callable, and a
-        # closure is the cheapest one that carries this call's values.
         def mutate(rec: SessionRecord) -> dict[str, Any]:
-            if compute is None:
-                upd = updates
-            else:
-                # compute gets its own copy: edits it makes to keys it does not return are not stored
-                upd = compute(decode_json(rec.state_json))
-                if upd.__class__ is not dict:
-                    if not isinstance(upd, Mapping):
-                        raise TypeError(f"compute must return a dict, not {type(upd).__name__}")
-                    upd = dict(upd)
-                event.keys = tuple(upd)
-            merged = decode_json(rec.state_json)
-            merged.update(upd)
-            try:  # the one encoding: JSON check, size check and stored form at once
-                raw = encode_json_bytes(merged)
+            text = rec.state_json
+            upd = compute(decode_json(text))
+            if upd.__class__ is not dict:
+                if not isinstance(upd, Mapping):
+                    raise TypeError(f"compute must return a dict, not {type(upd).__name__}")
+                upd = dict(upd)
+            # A second decode (in merge_json), not compute's copy: edits compute made in place
+            # to keys it did not return must not be stored.
+            try:
+                merged, rec.state_json = merge_json(text, upd, limit)
             except _ENCODE_ERRORS as exc:
-                raise SessionStateError(
-                    f"Session state must be JSON-serialisable (str, int, float, bool, None, "
-                    f"list, dict with str keys): {exc}"
-                ) from None
-            if len(raw) > limit:
-                raise SessionStateError(
-                    f"Session state would be {len(raw):,} bytes as JSON, over the "
-                    f"{limit:,}-byte limit (max_state_bytes); store summaries, not full histories"
-                )
-            rec.state_json = raw.decode()
+                raise _state_error(exc) from None
             rec.last_accessed = now
             ttl = rec.ttl
             rec.expires_at = now + (default_ttl if ttl is None else ttl)
@@ -424,6 +449,7 @@ class NexusSessionManager:
                 writers[key] = stamp
             if channel not in rec.channels:
                 rec.channels.append(channel)
+            event.keys = tuple(upd)  # known only now; the store logs the event after mutate
             return merged
 
         return self._store.update(session_id, mutate, now, event, incr)
@@ -506,7 +532,7 @@ class NexusSessionManager:
             rec = self._store.get(session_id, self._clock())
             if rec is None or (user_id is not None and rec.user_id != user_id):
                 return None
-            return Session.from_record(rec, self.session_ttl)
+            return Session._from_snapshot(rec, self.session_ttl)  # rec is ours: no 2nd copy
         incr = self._incr_for(channel) if channel is not None else None
         now = self._clock()
         default_ttl = self.session_ttl
@@ -530,12 +556,12 @@ class NexusSessionManager:
                 )
         except SessionNotFound:
             return None
-        return Session.from_record(rec, default_ttl)
+        return Session._from_snapshot(rec, default_ttl)
 
     def list_sessions(self, user_id: str | None = None) -> list[Session]:
         """Snapshots of the live sessions (of ``user_id`` if given), oldest first. Touches nothing."""
         ttl = self.session_ttl
-        return [Session.from_record(r, ttl) for r in self._store.list(user_id, self._clock())]
+        return [Session._from_snapshot(r, ttl) for r in self._store.list(user_id, self._clock())]
 
     def delete_session(self, session_id: str) -> bool:
         """Delete a live session and its events; ``False`` if unknown or already expired."""

@@ -99,12 +99,17 @@ class MemorySessionStore(SessionStore):
                     c[name] = c.get(name, 0) + n
         return True
 
+    # get and update are the hot path: explicit acquire/release costs half of `with lock` here.
     def get(self, session_id: str, now: float) -> SessionRecord | None:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             rec = self._records.get(session_id)
             if rec is None or rec.expires_at <= now:
                 return None
             return rec.copy()
+        finally:
+            lock.release()
 
     def update(
         self,
@@ -114,18 +119,22 @@ class MemorySessionStore(SessionStore):
         event: SessionEvent | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
-        with self._lock:
+        lock = self._lock
+        lock.acquire()
+        try:
             rec = self._records.get(session_id)
             if rec is None or rec.expires_at <= now:
                 raise SessionNotFound(session_id)
-            result = mutate(rec)
+            result = mutate(rec)  # raises before changing rec, or changes it: no partial write
             if event is not None:
                 self._events[session_id].append(event)
             if incr:
                 c = self._counters
                 for name, n in incr.items():
                     c[name] = c.get(name, 0) + n
-        return result
+            return result
+        finally:
+            lock.release()
 
     def delete(self, session_id: str, now: float) -> bool:
         with self._lock:

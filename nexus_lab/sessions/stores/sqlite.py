@@ -122,7 +122,7 @@ def _record(row: tuple) -> SessionRecord:
         row[5],
         row[6],
         decode_json(row[7]),
-        decode_json(row[8]),
+        {k: (v[0], v[1]) for k, v in decode_json(row[8]).items()},  # JSON has no tuples
         row[9],
     )
 
