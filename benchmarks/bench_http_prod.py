@@ -9,9 +9,13 @@ one path dispatcher that costs the same for all:
   ``JSONResponse`` of the execute response's shape;
 * ``/memory/...`` - ours, ``build_api_app(app)`` where ``app`` has API-key auth
   (``Authorization: Bearer``), a rate limit (set high enough never to refuse,
-  but checked on every call), monitoring, and ``AIAssistant`` (mock provider)
-  deployed with sessions in the memory store; every request continues one of
-  64 sessions (round robin), so every call reads and writes a session;
+  but checked on every call), monitoring, and an agent deployed with sessions
+  in the memory store; every request continues one of 64 sessions (round
+  robin), so every call reads and writes a session (``last_query``,
+  ``history`` of 8 turns, ...). The agent is an ``async def`` echo by default,
+  so the figure is the platform's cost; ``--agent assistant`` runs
+  ``AIAssistant`` on the mock provider instead (its own prompt building is
+  then part of the figure);
 * ``/sqlite/...`` - the same with the SQLite store (a WAL file in a temp dir).
 
 The whole call is measured: HTTP parsing, the guard, the body, validation, the
@@ -72,7 +76,12 @@ end
 """
 
 
-def build(tmp: str):
+async def echo(query: str) -> dict:
+    """The agent of the default run: no work of its own."""
+    return {"response": query}
+
+
+def build(tmp: str, agent: str):
     from starlette.applications import Starlette
     from starlette.requests import Request
     from starlette.responses import JSONResponse
@@ -88,7 +97,8 @@ def build(tmp: str):
             rate_limit=10**9, enable_monitoring=True,
         )
         manager = NexusSessionManager(cleanup_interval=300, session_ttl=3600, store=store)
-        deploy_with_sessions(AIAssistant(config={"llm_provider": "mock"}), app, "assistant", manager)
+        target = AIAssistant(config={"llm_provider": "mock"}) if agent == "assistant" else echo
+        deploy_with_sessions(target, app, "assistant", manager)
         pools[kind] = [manager.create_session("bench").session_id for _ in range(POOL)]
         apps[kind] = build_api_app(app)
         closers.append((app, manager))
@@ -104,7 +114,7 @@ def build(tmp: str):
 
     async def dispatch(scope, receive, send):
         path = scope.get("path", "")
-        if path.startswith("/bare"):
+        if scope["type"] != "http" or path.startswith("/bare"):
             await bare(scope, receive, send)
             return
         kind, _, rest = path[1:].partition("/")
@@ -147,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--duration", type=float, default=4.0, help="seconds per wrk run (default 4)")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds (default 3)")
     ap.add_argument("--connections", type=int, default=32, help="connections (default 32)")
+    ap.add_argument("--agent", choices=["echo", "assistant"], default="echo",
+                    help="async echo (platform cost only, default) or AIAssistant on the mock provider")
     args = ap.parse_args(argv)
     if not (0 < args.duration <= 60 and 0 < args.rounds <= 20 and 0 < args.connections <= 512):
         ap.error("keep the run bounded: duration <= 60 s, rounds <= 20, connections <= 512")
@@ -156,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     with tempfile.TemporaryDirectory() as tmp:
-        asgi, pools, closers = build(tmp)
+        asgi, pools, closers = build(tmp, args.agent)
         scripts = {
             "bare": BARE_LUA,
             **{
@@ -168,7 +180,8 @@ def main(argv: list[str] | None = None) -> int:
                  "sqlite": "/sqlite/api/workflows/assistant/execute"}
         print(f"python {sys.version.split()[0]}, cpus={os.cpu_count()}, wrk -t1 "
               f"-c{args.connections} -d{round(args.duration)}s x {args.rounds} rounds, interleaved")
-        print("ours = auth + rate limit + monitoring + a session per call (pool of 64), AIAssistant (mock)")
+        print("ours = auth + rate limit + monitoring + a session per call (pool of 64), "
+              f"agent: {'AIAssistant (mock provider)' if args.agent == 'assistant' else 'async echo'}")
         results: dict[str, list[float]] = {k: [] for k in scripts}
         ratios: dict[str, list[float]] = {"memory": [], "sqlite": []}
         with Server(asgi, "uvloop") as srv:

@@ -208,6 +208,11 @@ def _unencodable_path(value: Any) -> str | None:
     response can encode later; it is refused at the door, naming where it was.
     Iterative, so a deeply nested value cannot exhaust the stack.
     """
+    if value.__class__ is dict and all(  # the usual case: flat ASCII text, nothing to walk
+        k.__class__ is str and k.isascii() and v.__class__ is str and v.isascii()
+        for k, v in value.items()
+    ):
+        return None
     stack: list[tuple[str, Any]] = [("", value)]
     while stack:
         path, item = stack.pop()

@@ -404,7 +404,7 @@ class Nexus:
                         value = await dep.acall(step[1], step[2])
                     else:
                         try:
-                            value = await asyncio.wait_for(dep.acall(step[1], step[2]), timeout)
+                            value = await _within(dep.acall(step[1], step[2]), timeout)
                         except asyncio.TimeoutError:  # the agent's coroutine was cancelled
                             error = self._timed_out(dep, channel, started, timeout, cancelled=True)
                 elif offload is not None:
@@ -493,7 +493,7 @@ class Nexus:
                 if session is None:
                     raise SessionNotFound(session_id)
                 state = session.state
-                _check_room(manager, state, values, channel)
+                _check_room(manager, session, values, channel)
             elif dep.session_manager is not None:
                 manager = dep.session_manager
                 session = yield (manager.create_session, (principal or "anonymous",), {})
@@ -541,10 +541,12 @@ class Nexus:
         return pool
 
     def _record(self, name: str, channel: str, elapsed: float, agent: float, ok: bool) -> None:
-        metrics = self.metrics
-        metrics.record(channel, elapsed, success=ok)
-        metrics.record(f"workflow:{name}", elapsed, success=ok)
-        metrics.record(f"agent:{channel}", agent, success=ok)
+        """One call in :attr:`metrics`: what the caller waited (per channel and per
+        deployment) and the agent's own part of it (``agent:CHANNEL``)."""
+        keys = _METRIC_KEYS.get((name, channel))
+        if keys is None:
+            keys = _METRIC_KEYS[(name, channel)] = (channel, f"workflow:{name}", f"agent:{channel}")
+        self.metrics.record_samples(((keys[0], elapsed), (keys[1], elapsed), (keys[2], agent)), ok)
 
     @staticmethod
     def _agent_error(name: str, exc: Exception) -> AgentExecutionError:
@@ -684,6 +686,9 @@ class Nexus:
         return nexus_html(self)
 
 
+#: Metric category names per (deployment, channel), built once.
+_METRIC_KEYS: dict[tuple[str, str], tuple[str, str, str]] = {}
+
 #: Marks the agent call among the steps :meth:`Nexus._flow` yields.
 _AGENT = object()
 
@@ -717,7 +722,7 @@ class _Ticket:
             return self.abandoned
 
 
-def _check_room(manager: Any, state: dict[str, Any], values: dict[str, Any], channel: str) -> None:
+def _check_room(manager: Any, session: Any, values: dict[str, Any], channel: str) -> None:
     """Refuse, before the agent runs, a call whose inputs alone would overflow the session.
 
     The state after the call holds the query twice (``last_query`` and the
@@ -728,6 +733,16 @@ def _check_room(manager: Any, state: dict[str, Any], values: dict[str, Any], cha
         return
     from ..sessions.models import encode_json
 
+    # Cheap bound first: the call adds the query at most twice (last_query, history) plus
+    # a few small keys to what is stored; only near the limit is the exact size computed.
+    query = values["query"] if "query" in values else values
+    try:
+        added = 2 * len(encode_json(query)) + 256
+    except (TypeError, ValueError):
+        return
+    if session.state_bytes + added <= limit:
+        return
+    state = session.state
     merged = dict(state)
     merged.update(session_update(values, {}, state, channel))
     try:
@@ -740,6 +755,18 @@ def _check_room(manager: Any, state: dict[str, Any], values: dict[str, Any], cha
             f"{limit:,}-byte limit (max_state_bytes), before the agent's answer; send a shorter "
             "input or start a new session"
         )
+
+
+if hasattr(asyncio, "timeout"):  # Python 3.11+: a timer on the current task, no new task
+
+    async def _within(awaitable: Any, seconds: float) -> Any:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+
+else:  # pragma: no cover - Python 3.10
+
+    async def _within(awaitable: Any, seconds: float) -> Any:
+        return await asyncio.wait_for(awaitable, seconds)
 
 
 def _request_started() -> float | None:
