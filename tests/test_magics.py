@@ -524,7 +524,9 @@ def test_metrics_summary(ip):
     with pytest.raises(UsageError):
         nexus(ip, "call add a=x")  # invalid input fails before the agent runs: not counted
     summary = nexus(ip, "metrics")
-    assert repr(summary) == "MetricsSummary(monitoring=True, counts={'api': 2, 'workflow:add': 2})"
+    assert repr(summary) == (
+        "MetricsSummary(monitoring=True, counts={'agent:api': 2, 'api': 2, 'workflow:add': 2})"
+    )
     assert summary.summary["api"]["count"] == 2
     assert "<table" in summary._repr_html_() and "p95 ms" in summary._repr_html_()
 
@@ -545,7 +547,7 @@ def test_metrics_plot_falls_back_to_a_png(ip, monkeypatch):
     chart = nexus(ip, "metrics --plot")
     assert isinstance(chart, MetricsChart)
     assert chart._repr_png_().startswith(b"\x89PNG")
-    assert repr(chart) == "MetricsChart(categories=['api', 'workflow:add'])"
+    assert repr(chart) == "MetricsChart(categories=['api'])"  # one row per channel, no duplicate
 
 
 def test_metrics_plot_and_dashboard_widgets(ip):

@@ -352,15 +352,20 @@ class MetricsSummary:
 
 
 class MetricsChart:
-    """A static PNG chart of latency per category (``%nexus metrics --plot`` fallback).
+    """A static PNG chart of latency per channel (``%nexus metrics --plot`` fallback).
 
+    One row per channel (or per category when no channel was recorded): what
+    the caller waited (p50 and p95) and, beside it, the agent's own p50
+    (``agent:CHANNEL``). The legend sits under the axes, never on the bars.
     Rendered with matplotlib's Agg canvas (no pyplot, no GUI); ``png`` holds
     the bytes. Shown as ``image/png`` in a notebook.
     """
 
     def __init__(self, summary: Mapping[str, Mapping[str, Any]]) -> None:
-        self.categories = sorted(summary)
-        self.png = _render_png(summary)
+        from .charts import chart_categories
+
+        self.categories = chart_categories(sorted(summary))
+        self.png = _render_png(summary, self.categories)
 
     def _repr_png_(self) -> bytes:
         return self.png
@@ -369,27 +374,31 @@ class MetricsChart:
         return f"MetricsChart(categories={self.categories!r})"
 
 
-def _render_png(summary: Mapping[str, Mapping[str, Any]]) -> bytes:
+def _render_png(summary: Mapping[str, Mapping[str, Any]], names: list[str]) -> bytes:
     import io
 
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    names = sorted(summary)
-    fig = Figure(figsize=(6.4, 0.6 + 0.45 * max(1, len(names))), dpi=100)
+    fig = Figure(figsize=(6.4, 1.3 + 0.6 * max(1, len(names))), dpi=100)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
     if names:
         ys = list(range(len(names)))
+        h = 0.26
         p50 = [summary[n]["median"] * 1000 for n in names]
         p95 = [summary[n]["p95"] * 1000 for n in names]
-        ax.barh([y + 0.2 for y in ys], p50, height=0.4, label="p50")
-        ax.barh([y - 0.2 for y in ys], p95, height=0.4, label="p95")
+        agent = [summary.get(f"agent:{n}", {}).get("median", 0.0) * 1000 for n in names]
+        ax.barh([y - h for y in ys], p50, height=h, label="caller waits, p50")
+        ax.barh(ys, p95, height=h, label="caller waits, p95")
+        if any(agent):
+            ax.barh([y + h for y in ys], agent, height=h, label="agent's own time, p50")
         ax.set_yticks(ys)
         ax.set_yticklabels(names)
         ax.invert_yaxis()
         ax.set_xlabel("latency (ms)")
-        ax.legend(loc="lower right")
+        ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.3), ncol=3, frameon=False,
+                  fontsize="small")
     else:
         ax.text(0.5, 0.5, "no calls recorded yet", ha="center", va="center")
         ax.set_axis_off()

@@ -188,6 +188,60 @@ class Nexus:
                 )
             return self._deploy(name, agent_or_function, channels=CHANNELS)
 
+    def deploy(
+        self,
+        name: str,
+        agent_or_function: Any,
+        *,
+        channels: tuple[str, ...] | set[str] = CHANNELS,
+        use_cache: bool = True,
+        session_manager: NexusSessionManager | None = None,
+        timeout: float | None = None,
+        max_concurrency: int | None = None,
+        merge_channels: bool = False,
+    ) -> Deployment:
+        """Register ``agent_or_function`` under ``name``, replacing what had that name.
+
+        What the ``deploy_*`` functions call. ``session_manager`` gives the
+        deployment sessions and becomes the platform's manager (the one behind
+        ``/api/sessions``); a platform has one: a different manager than the one
+        it already uses is refused. ``merge_channels`` adds ``channels`` to an
+        existing deployment of the same agent instead of replacing its channels.
+
+        >>> app.deploy("assistant", AIAssistant(), channels=("api", "mcp"), timeout=30)
+        """
+        if session_manager is not None:
+            self.use_session_manager(session_manager)
+        return self._deploy(
+            name, agent_or_function, channels=channels, use_cache=use_cache,
+            session_manager=session_manager, replace=True, merge_channels=merge_channels,
+            timeout=timeout, max_concurrency=max_concurrency,
+        )
+
+    def use_session_manager(self, manager: NexusSessionManager) -> None:
+        """Make ``manager`` the platform's session manager (the one owner of sessions).
+
+        Allowed while the platform has none, or only the in-memory one it made
+        itself (which is closed); another manager than the current one raises
+        :class:`ConfigError`, because two managers would split the sessions that
+        ``/api/sessions``, the CLI and MCP see.
+        """
+        from ..sessions import NexusSessionManager
+
+        if not isinstance(manager, NexusSessionManager):
+            raise TypeError(f"session_manager must be a NexusSessionManager, got {type(manager).__name__}")
+        with self._lock:
+            current = self._session_manager
+            if current is manager:
+                return
+            if current is not None and not self._owns_session_manager:
+                raise ConfigError(
+                    "this platform already uses another session manager; deploy with the same one "
+                    "(app.session_manager) so that every channel sees the same sessions",
+                    field="session_manager",
+                )
+            self.session_manager = manager
+
     def unregister(self, name: str) -> None:
         with self._lock:
             if self._deployments.pop(name, None) is None:
@@ -289,11 +343,6 @@ class Nexus:
             self._session_manager.close()
         self._session_manager = manager
         self._owns_session_manager = False
-
-    def _adopt_session_manager(self, manager: Any) -> None:
-        """Used by ``deploy_with_sessions``: make ``manager`` the platform's unless one was given."""
-        if self._session_manager is None or self._owns_session_manager:
-            self.session_manager = manager
 
     @property
     def metrics(self) -> PerformanceMetrics:
@@ -478,7 +527,7 @@ class Nexus:
         the session read and write, output encoding, error mapping and metrics
         are here once, so the sync and async paths cannot disagree.
         """
-        agent_seconds = 0.0
+        agent_seconds = reached = 0.0
         try:
             values = dep.schema.validate(inputs, coerce_strings=coerce_strings)
             manager = None
@@ -498,7 +547,7 @@ class Nexus:
                 manager = dep.session_manager
                 session = yield (manager.create_session, (principal or "anonymous",), {})
                 session_id = session.session_id
-            agent_started = time.perf_counter()
+            agent_started = reached = time.perf_counter()
             try:
                 result = yield (_AGENT, values, state)
             except NexusError:
@@ -520,7 +569,9 @@ class Nexus:
         except ExecutionTimeout:
             raise  # recorded where the caller was told (see _timed_out)
         except BaseException:
-            if self.enable_monitoring:
+            # a call refused before its agent ran (bad input, unknown session) is a client
+            # error, not a sample of how long calls take
+            if self.enable_monitoring and reached:
                 self._record(dep.name, channel, time.perf_counter() - started, agent_seconds, False)
             raise
         elapsed = time.perf_counter() - started

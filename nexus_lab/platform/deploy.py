@@ -71,9 +71,9 @@ def _deploy(agent: Any, app: Any, name: str, channels: tuple[str, ...], use_cach
     _check(agent, app)
     if not isinstance(use_cache, bool):
         raise TypeError(f"use_cache must be True or False, got {use_cache!r}")
-    return app._deploy(
+    return app.deploy(
         name, agent, channels=channels, use_cache=use_cache, session_manager=session_manager,
-        replace=True, merge_channels=merge, **limits,
+        merge_channels=merge, **limits,
     )
 
 
@@ -127,8 +127,8 @@ def deploy_with_sessions(
     Every call then reads its session's state before running and writes
     ``last_query``, ``last_response``, ``last_channel``, ``turns`` and
     ``history`` after; a call without ``session_id`` starts a new session and
-    returns its id. The manager also becomes the platform's (``/api/sessions``)
-    unless the app was given one explicitly.
+    returns its id. The manager also becomes the platform's (``/api/sessions``);
+    a platform already using another manager refuses it (``ConfigError``).
     """
     if session_manager is None:
         raise ValueError("session_manager cannot be None: pass a NexusSessionManager")
@@ -138,5 +138,4 @@ def deploy_with_sessions(
         raise TypeError(f"session_manager must be a NexusSessionManager, got {type(session_manager).__name__}")
     _deploy(agent, app, name, CHANNELS, use_cache, session_manager=session_manager, merge=False,
             timeout=timeout, max_concurrency=max_concurrency)
-    app._adopt_session_manager(session_manager)
     return DeploymentChannels((c, _identifier(c, name)) for c in CHANNELS)
