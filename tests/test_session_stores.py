@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from nexus_lab.errors import SessionNotFound
+from nexus_lab.errors import InputValidationError, SessionNotFound, SessionStateError
 from nexus_lab.sessions import (
     MemorySessionStore,
     NexusSessionManager,
@@ -37,16 +37,54 @@ def record(sid: str, user: str = "u", now: float = 1000.0, ttl: float = 100.0) -
     return SessionRecord(sid, user, now, now, now + ttl, None, "{}", [], {}, "{}")
 
 
-@pytest.fixture(params=["memory", "sqlite-file", "sqlite-memory"])
+# Every store kind the contract tests run on; a Redis store joins by adding its kind here
+# (and a branch in make_store).
+STORE_KINDS = ["memory", "sqlite-file", "sqlite-memory"]
+
+
+def make_store(kind: str, tmp_path: Path, max_events: int = 10) -> SessionStore:
+    if kind == "memory":
+        return MemorySessionStore(max_events=max_events)
+    if kind == "sqlite-file":
+        return SQLiteSessionStore(tmp_path / "s.db", max_events=max_events)
+    if kind == "sqlite-memory":
+        return SQLiteSessionStore(":memory:", max_events=max_events)
+    raise ValueError(kind)
+
+
+@pytest.fixture(params=STORE_KINDS)
 def store(request, tmp_path):
-    if request.param == "memory":
-        s: SessionStore = MemorySessionStore(max_events=10)
-    elif request.param == "sqlite-file":
-        s = SQLiteSessionStore(tmp_path / "s.db", max_events=10)
-    else:
-        s = SQLiteSessionStore(":memory:", max_events=10)
+    s = make_store(request.param, tmp_path)
     yield s
     s.close()
+
+
+class FakeClock:
+    def __init__(self, start: float = 1_000_000.0) -> None:
+        self.now = start
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock() -> FakeClock:
+    return FakeClock()
+
+
+@pytest.fixture
+def manager(store, clock):
+    """A manager over each store kind (the store stays the fixture's to close)."""
+    with NexusSessionManager(cleanup_interval=300, session_ttl=100, store=store, clock=clock) as m:
+        yield m
+
+
+def wait_until(predicate, what: str) -> None:
+    """Wait for a condition another thread brings about, yielding the CPU (no sleeps)."""
+    deadline = time.monotonic() + 60
+    while not predicate():
+        assert time.monotonic() < deadline, f"gave up waiting for {what}"
+        os.sched_yield()
 
 
 # ----------------------------------------------------------------------------- contract
@@ -496,3 +534,516 @@ def test_a_second_process_reads_what_the_first_wrote(tmp_path):
         assert m.get_session_metrics()["total_created"] == 2
         # the read by the other process slid this session's expiry and logged its channel
         assert m.get_session(s.session_id).channels == ["api", "proc"]
+
+
+# ----------------------------------------------------------------------------- pure reads
+
+
+def _file_version(store: SessionStore) -> tuple[int, int] | None:
+    """(PRAGMA data_version seen by an outside connection, the store's total_changes), or None.
+
+    data_version changes when any other connection commits to the file, so an unchanged value
+    means nothing was written, not even a no-op transaction that only touched a row.
+    """
+    if not isinstance(store, SQLiteSessionStore) or store.in_memory:
+        return None
+    outside = sqlite3.connect(store.path)
+    try:
+        version = outside.execute("PRAGMA data_version").fetchone()[0]
+        # the outside connection's own read transaction must see a committed file: read a row
+        outside.execute("SELECT count(*) FROM nexus_sessions").fetchone()
+        return version, store._wconn.total_changes
+    finally:
+        outside.close()
+
+
+def test_store_blocking_flag(store, manager):
+    assert store.blocking is (not isinstance(store, MemorySessionStore))
+    assert manager.blocking is store.blocking
+    assert MemorySessionStore.blocking is False and SQLiteSessionStore.blocking is True
+    assert SessionStore.blocking is True  # the safe default for a store that talks to I/O
+
+
+def test_read_without_touch_writes_nothing(store, manager, clock):
+    sid = manager.create_session("alice", channel="api").session_id
+    manager.update_session_state(sid, {"q": "hi", "n": 1}, channel="api")
+    clock.now += 40
+    before = (
+        store.get(sid, clock.now),
+        manager.get_session_events(sid),
+        store.counters(),
+        store.count(),
+    )
+    version = _file_version(store)
+    outside = None
+    if version is not None:  # a connection that stays open across the reads, as another
+        outside = sqlite3.connect(store.path)  # process would; data_version is per connection
+        outside_version = outside.execute("PRAGMA data_version").fetchone()[0]
+
+    snap = manager.get_session(sid, channel="cli", user_id="alice", touch=False)
+    assert snap is not None and snap.state == {"q": "hi", "n": 1} and snap.channels == ["api"]
+    assert snap.expires_at == before[0].expires_at  # not slid
+    assert manager.get_session(sid, touch=False).user_id == "alice"
+    assert manager.get_session(sid, channel="mcp", user_id="bob", touch=False) is None
+    assert manager.get_session_state(sid, channel="cli", touch=False) == {"q": "hi", "n": 1}
+    assert manager.get_session_state("missing", touch=False) == {}
+    assert manager.get_session("missing", touch=False) is None
+    # and a touching read of another user's session touches nothing either
+    assert manager.get_session(sid, channel="mcp", user_id="bob") is None
+
+    after = (
+        store.get(sid, clock.now),
+        manager.get_session_events(sid),
+        store.counters(),
+        store.count(),
+    )
+    assert after[0].expires_at == before[0].expires_at
+    assert after[0].last_accessed == before[0].last_accessed
+    assert after[0].channels == before[0].channels == ["api"]
+    assert after[1] == before[1]  # no read event
+    assert after[2] == before[2] and "channel:cli" not in after[2]
+    assert after[3] == before[3]
+    if version is not None:
+        assert _file_version(store) == version  # no commit, no change on the store's connection
+        assert outside.execute("PRAGMA data_version").fetchone()[0] == outside_version
+        outside.close()
+    # the pure read's session expires on its old schedule: nothing slid it
+    clock.now += 60
+    assert manager.get_session(sid, touch=False) is None
+
+
+def test_platform_pair_read_then_update_slides_and_records_once(store, manager, clock):
+    sid = manager.create_session("alice").session_id
+    clock.now += 50
+    session = manager.get_session(sid, channel="mcp", user_id="alice", touch=False)
+    assert session is not None and session.expires_at == clock.now + 50  # not slid by the read
+    manager.apply_session_update(sid, lambda s: {"turns": s.get("turns", 0) + 1}, channel="mcp")
+    snap = manager.get_session(sid, touch=False)
+    assert snap.expires_at == clock.now + 100 and snap.last_accessed == clock.now  # slid
+    assert snap.channels == ["mcp"] and snap.state == {"turns": 1}
+    assert [(e.action, e.channel) for e in manager.get_session_events(sid)] == [
+        ("create", None),
+        ("update", "mcp"),
+    ]
+    assert manager.get_session_metrics()["channel_activity"] == {"mcp": 1}
+
+
+# ----------------------------------------------------------------------------- concurrency
+
+
+def test_64_threads_lose_no_update(store, manager):
+    sid = manager.create_session("u").session_id
+    threads, per = 64, 15
+    barrier = threading.Barrier(threads)
+    errors: list[BaseException] = []
+    seen: list[int] = []
+
+    def work(t: int) -> None:
+        try:
+            barrier.wait()
+            for _ in range(per):
+                state = manager.apply_session_update(
+                    sid, lambda s: {"n": s.get("n", 0) + 1}, channel=f"c{t % 4}"
+                )
+                seen.append(state["n"])
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t,)) for t in range(threads)]
+    for w in workers:
+        w.start()
+    for w in workers:
+        w.join()
+    assert not errors
+    total = threads * per
+    assert manager.get_session_state(sid, touch=False) == {"n": total}
+    assert sorted(seen) == list(range(1, total + 1))  # every caller saw its own increment
+    assert manager.get_session_metrics()["channel_activity"] == {f"c{i}": total // 4 for i in range(4)}
+
+
+_GATES: list[threading.Event] = []
+
+
+@pytest.fixture(autouse=True)
+def _release_gates():
+    yield
+    while _GATES:  # a failed assertion must not leave a gate thread blocked
+        _GATES.pop().set()
+
+
+def _gate(store: SQLiteSessionStore, sid: str):
+    """Start a write whose mutate blocks until released: the leader of a batch, holding the
+    write transaction open. Returns (thread, release event, outcome dict)."""
+    entered, release = threading.Event(), threading.Event()
+    _GATES.append(release)
+    outcome: dict[str, object] = {}
+
+    def blocker(rec: SessionRecord) -> str:
+        entered.set()
+        assert release.wait(60), "the test never released the gate"
+        rec.state_json = '{"gate":1}'
+        return "gate done"
+
+    def run() -> None:
+        try:
+            outcome["result"] = store.update(sid, blocker, 1000.0, None, {"gate": 1})
+        except BaseException as exc:  # pragma: no cover - asserted by the caller
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    assert entered.wait(60), "the gate write never started"
+    return thread, release, outcome
+
+
+def test_sqlite_reads_do_not_wait_for_a_write_in_flight(tmp_path):
+    store = SQLiteSessionStore(tmp_path / "r.db")
+    try:
+        store.create(record("gate", ttl=10_000), 1000.0)
+        store.create(record("a", ttl=10_000), 1000.0, SessionEvent(1000.0, "api", "create", ()))
+        thread, release, outcome = _gate(store, "gate")
+        # the write transaction is open (BEGIN IMMEDIATE taken, mutate running): reads go on,
+        # on their own connections, and see the last commit
+        assert store.get("gate", 1000.0).state_json == "{}"
+        assert [r.session_id for r in store.list(None, 1000.0)] == ["a", "gate"]
+        assert store.events("a", 1000.0)[0].action == "create"
+        assert store.counters() == {"total_created": 2}
+        assert store.count() == 2
+        release.set()
+        thread.join()
+        assert outcome == {"result": "gate done"}
+        assert store.get("gate", 1000.0).state_json == '{"gate":1}'
+        assert store.counters()["gate"] == 1
+    finally:
+        store.close()
+
+
+def test_sqlite_group_commit_one_failing_op_rolls_back_alone(tmp_path):
+    store = SQLiteSessionStore(tmp_path / "g.db")
+    statements: list[str] = []
+    try:
+        store.create(record("gate", ttl=10_000), 1000.0)
+        for i in range(8):
+            store.create(record(f"s{i}", ttl=10_000), 1000.0)
+        thread, release, gate_outcome = _gate(store, "gate")
+        results: dict[int, object] = {}
+
+        def write(i: int) -> None:
+            def mutate(rec: SessionRecord) -> int:
+                if i == 3:
+                    raise ValueError("boom 3")
+                rec.state_json = json.dumps({"i": i})
+                return i
+
+            try:
+                results[i] = store.update(
+                    f"s{i}", mutate, 1000.0, SessionEvent(1000.0, "api", "update", ("i",)), {"op": 1}
+                )
+            except Exception as exc:
+                results[i] = exc
+
+        writers = [threading.Thread(target=write, args=(i,)) for i in range(8)]
+        for w in writers:
+            w.start()
+        wait_until(lambda: len(store._queue) == 8, "8 writers queued behind the gate")
+        store._wconn.set_trace_callback(statements.append)
+        release.set()
+        thread.join()
+        for w in writers:
+            w.join()
+        assert gate_outcome == {"result": "gate done"}
+        assert isinstance(results[3], ValueError) and str(results[3]) == "boom 3"
+        assert {i: results[i] for i in range(8) if i != 3} == {i: i for i in range(8) if i != 3}
+        for i in range(8):
+            got = store.get(f"s{i}", 1000.0).state_json
+            assert got == ("{}" if i == 3 else json.dumps({"i": i}))
+            assert len(store.events(f"s{i}", 1000.0)) == (0 if i == 3 else 1)
+        assert store.counters()["op"] == 7
+        # the 8 writes went into one transaction, the failing one inside its own savepoint
+        begins = [n for n, sql in enumerate(statements) if sql == "BEGIN IMMEDIATE"]
+        assert len(begins) == 1, statements
+        batch = statements[begins[0] :]
+        assert batch.count("SAVEPOINT nexus_op") == 8 and batch.count("RELEASE nexus_op") == 8
+        assert batch.count("ROLLBACK TO nexus_op") == 1 and batch[-1] == "COMMIT"
+    finally:
+        store.close()
+
+
+def test_sqlite_close_with_writes_in_flight(tmp_path):
+    path = tmp_path / "c.db"
+    threads_before = set(threading.enumerate())
+    store = SQLiteSessionStore(path)
+    store.create(record("gate", ttl=10_000), 1000.0)
+    for i in range(4):
+        store.create(record(f"s{i}", ttl=10_000), 1000.0)
+    thread, release, gate_outcome = _gate(store, "gate")
+    results: dict[int, object] = {}
+
+    def write(i: int) -> None:
+        def mutate(rec: SessionRecord) -> None:
+            rec.state_json = '{"late":true}'
+
+        try:
+            results[i] = store.update(f"s{i}", mutate, 1000.0)
+        except Exception as exc:
+            results[i] = exc
+
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(4)]
+    for w in writers:
+        w.start()
+    wait_until(lambda: len(store._queue) == 4, "4 writers queued behind the gate")
+    closer = threading.Thread(target=store.close)
+    closer.start()
+    wait_until(lambda: store._closed, "close() to start")
+    for w in writers:  # queued writes fail at once, clearly; close() waits for the batch
+        w.join()
+    assert all(
+        isinstance(r, RuntimeError) and "closed" in str(r) and "nothing was written" in str(r)
+        for r in results.values()
+    ), results
+    assert closer.is_alive()  # still waiting for the write in flight
+    release.set()
+    thread.join()
+    closer.join()
+    assert gate_outcome == {"result": "gate done"}  # the batch in flight committed
+    with pytest.raises(RuntimeError, match="closed"):
+        store.update("gate", lambda r: None, 1000.0)
+    with pytest.raises(RuntimeError, match="closed"):
+        store.get("gate", 1000.0)
+    store.close()  # idempotent
+    assert set(threading.enumerate()) == threads_before  # the store started no thread
+    again = SQLiteSessionStore(path)
+    try:
+        assert again.get("gate", 1000.0).state_json == '{"gate":1}'
+        assert all(again.get(f"s{i}", 1000.0).state_json == "{}" for i in range(4))
+    finally:
+        again.close()
+
+
+def test_sqlite_close_from_inside_a_write_commits_that_write(tmp_path):
+    store = SQLiteSessionStore(tmp_path / "x.db")
+    store.create(record("a", ttl=10_000), 1000.0)
+
+    def mutate(rec: SessionRecord) -> str:
+        store.close()  # e.g. a shutdown hook running on the writing thread
+        rec.state_json = '{"last":1}'
+        return "ok"
+
+    assert store.update("a", mutate, 1000.0) == "ok"
+    with pytest.raises(RuntimeError, match="closed"):
+        store.count()
+    again = SQLiteSessionStore(tmp_path / "x.db")
+    try:
+        assert again.get("a", 1000.0).state_json == '{"last":1}'
+    finally:
+        again.close()
+
+
+def test_sqlite_write_from_inside_mutate_is_refused(tmp_path):
+    store = SQLiteSessionStore(tmp_path / "n.db")
+    try:
+        store.create(record("a", ttl=10_000), 1000.0)
+        with pytest.raises(RuntimeError, match="inside a mutate"):
+            store.update("a", lambda rec: store.incr("x"), 1000.0)
+        assert store.counters() == {"total_created": 1}
+        store.incr("x")  # the store still works
+        assert store.counters()["x"] == 1
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sqlite_forked_child_opens_its_own_connections(tmp_path):
+    store = SQLiteSessionStore(tmp_path / "f.db")
+    try:
+        store.create(record("a", ttl=10_000), 1000.0)
+        assert store.get("a", 1000.0) is not None  # the parent has a read connection pooled
+        pid = os.fork()
+        if pid == 0:  # the child: must not touch the parent's connections or locks
+            code = 1
+            try:
+                store.update("a", lambda rec: setattr(rec, "state_json", '{"child":1}'), 1000.0)
+                if store.get("a", 1000.0).state_json == '{"child":1}':
+                    code = 0
+                store.close()
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get("a", 1000.0).state_json == '{"child":1}'  # parent reads the child's write
+        store.update("a", lambda rec: setattr(rec, "state_json", '{"parent":1}'), 1000.0)
+        assert store.get("a", 1000.0).state_json == '{"parent":1}'
+    finally:
+        store.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_sqlite_memory_store_refuses_a_forked_child():
+    store = SQLiteSessionStore(":memory:")
+    try:
+        store.create(record("a"), 1000.0)
+        pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+                try:
+                    store.get("a", 1000.0)
+                except RuntimeError as exc:
+                    code = 0 if "forked" in str(exc) else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert store.get("a", 1000.0) is not None
+    finally:
+        store.close()
+
+
+KILLED_WRITER = textwrap.dedent(
+    """
+    import sys, threading
+    from nexus_lab.sessions import NexusSessionManager
+
+    db, sid = sys.argv[1:3]
+    manager = NexusSessionManager(cleanup_interval=60, store=db)
+    lock = threading.Lock()
+
+    def work():
+        while True:
+            n = manager.apply_session_update(
+                sid, lambda s: {"n": s.get("n", 0) + 1}, channel="child")["n"]
+            with lock:  # printed only once acknowledged, i.e. after its COMMIT returned
+                sys.stdout.write(f"{n}\\n")
+                sys.stdout.flush()
+
+    for _ in range(4):
+        threading.Thread(target=work, daemon=True).start()
+    threading.Event().wait()
+    """
+)
+
+
+def test_sqlite_kill_9_loses_no_acknowledged_write(tmp_path):
+    db = str(tmp_path / "k.db")
+    with NexusSessionManager(cleanup_interval=300, store=db) as m:
+        sid = m.create_session("u").session_id
+    child = subprocess.Popen(
+        [sys.executable, "-c", KILLED_WRITER, db, sid],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    acked: list[int] = []
+    try:
+        for line in child.stdout:  # blocks on the pipe until the child acknowledges writes
+            acked.append(int(line))
+            if len(acked) >= 300:
+                break
+        assert len(acked) >= 300, child.stderr.read()
+        child.kill()  # SIGKILL: no cleanup, no close(), mid-batch
+        rest, _ = child.communicate(timeout=60)
+        acked += [int(x) for x in rest.split()]  # printed before the kill: acknowledged too
+    finally:
+        if child.poll() is None:  # pragma: no cover
+            child.kill()
+            child.wait()
+    assert child.returncode == -9
+    assert len(set(acked)) == len(acked)  # no increment was lost and handed out twice
+    with NexusSessionManager(cleanup_interval=300, store=db) as m:
+        n = m.get_session_state(sid, touch=False)["n"]
+        assert n >= max(acked)  # every acknowledged write survived the kill
+        # the counter and the channel count were committed together, write by write
+        assert m.get_session_metrics()["channel_activity"] == {"child": n}
+        assert m.store._wconn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+
+
+def test_sqlite_marks_big_ints_written_by_older_versions(tmp_path):
+    path = tmp_path / "legacy.db"
+    SQLiteSessionStore(path).close()  # the schema
+    big = 2**70
+    legacy = sqlite3.connect(path)  # what the previous version wrote: stdlib JSON, unmarked
+    legacy.execute(
+        "INSERT INTO nexus_sessions VALUES (?, 'u', 1, 1, 1e12, NULL, ?, '[]', '{}', ?, 0)",
+        ("old", json.dumps({"id": big}), json.dumps({"big": big, "small": 1})),
+    )
+    legacy.execute("PRAGMA user_version = 0")
+    legacy.commit()
+    legacy.close()
+    with NexusSessionManager(cleanup_interval=300, store=path) as m:
+        snap = m.get_session("old", touch=False)
+        assert snap.state == {"big": big, "small": 1} and isinstance(snap.state["big"], int)
+        assert snap.metadata == {"id": big}
+        m.update_session_state("old", {"small": 2})  # still exact after a rewrite
+        assert m.get_session_state("old", touch=False) == {"big": big, "small": 2}
+
+
+# ----------------------------------------------------------------------------- what is refused
+
+
+@pytest.mark.parametrize(
+    ("updates", "problem"),
+    [
+        ({"a": "ok \ud800"}, "surrogate"),
+        ({"\udfff": 1}, "surrogate"),
+        ({"deep": [{"x": "\ud83d"}]}, "surrogate"),
+        ({"a": float("nan")}, "JSON"),
+        ({"a": [1.0, float("inf")]}, "JSON"),
+        ({"a": {"b": float("-inf")}}, "JSON"),
+        ({"a": {1: "int key"}}, "keys must be strings"),
+    ],
+    ids=["value", "key", "nested", "nan", "inf", "nested-inf", "nested-int-key"],
+)
+def test_unstorable_state_is_refused_and_nothing_stored(store, manager, updates, problem):
+    sid = manager.create_session("u").session_id
+    manager.update_session_state(sid, {"keep": [1, None]}, channel="api")
+    before = (store.get(sid, manager._clock()), manager.get_session_events(sid), store.counters())
+    with pytest.raises(SessionStateError, match=problem):
+        manager.update_session_state(sid, {"keep": "overwritten?", **updates}, channel="cli")
+    with pytest.raises(SessionStateError, match=problem):
+        manager.apply_session_update(sid, lambda s: updates, channel="cli")
+    after = (store.get(sid, manager._clock()), manager.get_session_events(sid), store.counters())
+    assert after[0].state_json == before[0].state_json and after[0].channels == ["api"]
+    assert after[1] == before[1] and after[2] == before[2]
+    assert manager.get_session_state(sid, touch=False) == {"keep": [1, None]}
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"user_id": "bad \ud800"}, "user_id"),
+        ({"session_id": "id-\udfff"}, "session_id"),
+        ({"metadata": {"note": "\ud800"}}, "metadata"),
+        ({"metadata": {"n": float("nan")}}, "metadata"),
+        ({"metadata": {"nested": {2: "x"}}}, "metadata"),
+    ],
+    ids=["user-surrogate", "sid-surrogate", "meta-surrogate", "meta-nan", "meta-int-key"],
+)
+def test_unstorable_create_is_refused_and_nothing_stored(store, manager, kwargs, field):
+    args = {"user_id": "u", **kwargs}
+    with pytest.raises(InputValidationError) as info:
+        manager.create_session(**args)
+    assert info.value.field == field
+    if "\ud800" in repr(kwargs) or "\udfff" in repr(kwargs):
+        assert "surrogate" in str(info.value)
+    assert store.count() == 0 and store.counters() == {}
+
+
+def test_unstorable_channel_is_refused(store, manager):
+    sid = manager.create_session("u").session_id
+    with pytest.raises(ValueError, match="surrogate"):
+        manager.update_session_state(sid, {"a": 1}, channel="api\ud800")
+    with pytest.raises(ValueError, match="surrogate"):
+        manager.get_session(sid, channel="\udfff")
+    assert manager.get_session_state(sid, touch=False) == {}
+    assert store.counters() == {"total_created": 1}
+
+
+def test_big_ints_round_trip_exactly(store, manager):
+    sid = manager.create_session("u", metadata={"id": 2**80}).session_id
+    big = {"pos": 2**64, "neg": -(2**63) - 1, "edge": 2**64 - 1, "list": [10**30]}
+    assert manager.update_session_state(sid, big) == big
+    manager.update_session_state(sid, {"other": "x"})  # merging keeps them exact
+    got = manager.get_session(sid, touch=False)
+    assert got.state == {**big, "other": "x"} and got.metadata == {"id": 2**80}
+    assert all(isinstance(got.state[k], int) for k in ("pos", "neg", "edge"))

@@ -761,3 +761,150 @@ def test_generated_ids_never_look_like_a_command_line_option():
         ids = [m.create_session(user_id="u").session_id for _ in range(3000)]
     assert not [i for i in ids if i.startswith("-")]
     assert len(set(ids)) == 3000 and all(len(i) == 22 for i in ids)
+
+
+# ----------------------------------------------------------------------------- JSON codec
+
+import enum  # noqa: E402
+import os  # noqa: E402
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+import uuid  # noqa: E402
+from collections import OrderedDict  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
+from datetime import datetime  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from nexus_lab.sessions import models  # noqa: E402
+
+ENCODERS = {"default": models.encode_json_bytes, "stdlib": models._encode_std}
+
+
+class Color(enum.Enum):
+    RED = "red"
+
+
+class Level(enum.IntEnum):
+    HIGH = 3
+
+
+class Score(float):
+    pass
+
+
+@dataclass
+class Point:
+    x: int = 1
+
+
+def _nested(depth: int) -> list:
+    root: list = []
+    node = root
+    for _ in range(depth - 1):
+        node.append([])
+        node = node[0]
+    return root
+
+
+_loop: list = []
+_loop.append(_loop)
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize(
+    ("value", "problem"),
+    [
+        ({"a": float("nan")}, "not JSON compliant"),
+        ([float("inf")], "not JSON compliant"),
+        ([Score("nan")], "not JSON compliant"),
+        ({"a": "x\ud800"}, "lone surrogate"),
+        ({"\udc00": 1}, "lone surrogate"),
+        ({"a": {1: 2}}, "keys must be strings"),
+        ({"a": {None: 2}}, "keys must be strings"),
+        ({1.5: 2}, "keys must be strings"),
+        ({"a": {1, 2}}, "not JSON serializable"),
+        ({"a": b"bytes"}, "not JSON serializable"),
+        ({"a": datetime(2026, 1, 1)}, "not JSON serializable"),
+        ({"a": Point()}, "not JSON serializable"),
+        ({"a": object()}, "not JSON serializable"),
+        (_nested(255), "nested more than 254"),
+        (_loop, "nested more than 254"),
+    ],
+    ids=[
+        "nan", "inf", "float-subclass-nan", "surrogate", "surrogate-key", "int-key", "none-key",
+        "float-key", "set", "bytes", "datetime", "dataclass", "object", "too-deep", "circular",
+    ],
+)
+def test_codec_refuses_the_same_things_either_way(encoder, value, problem):
+    with pytest.raises((TypeError, ValueError), match=problem):
+        ENCODERS[encoder](value)
+
+
+@pytest.mark.parametrize("encoder", list(ENCODERS))
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ({"a": [1, 2.5, None, True, "é\n", -0.0, 1e16, 1e-7]}, None),
+        ({"big": 2**64, "neg": -(2**63) - 1, "u64": 2**64 - 1}, None),
+        ((1, "two"), [1, "two"]),
+        (OrderedDict(a=1), {"a": 1}),
+        ({"u": uuid.UUID(int=5)}, {"u": "00000000-0000-0000-0000-000000000005"}),
+        ({"c": Color.RED, "l": Level.HIGH}, {"c": "red", "l": 3}),
+        ({"s": Score(2.5)}, {"s": 2.5}),
+        (_nested(254), _nested(254)),
+        ({"text": "null", "n": None}, None),
+    ],
+    ids=["plain", "big-ints", "tuple", "ordered", "uuid", "enum", "float-sub", "depth-254", "null"],
+)
+def test_codec_accepts_the_same_things_either_way(encoder, value, expected):
+    raw = ENCODERS[encoder](value)
+    assert isinstance(raw, bytes)
+    back = models.decode_json(raw.decode())
+    assert back == (value if expected is None else expected)
+    assert models.decode_json(models.encode_json(value)) == back
+
+
+def test_codec_size_is_utf8_bytes_and_marks_big_ints():
+    assert models.encode_json_bytes({"city": "Zürich"}) == '{"city":"Zürich"}'.encode()
+    assert models.encode_json({"n": 2**70}).startswith(" ")  # read back exactly, not as a float
+    assert models.encode_json({"n": 2**64 - 1}) == '{"n":18446744073709551615}'
+    assert models.decode_json('{"a": "\\ud800"}') == {"a": "\ud800"}  # old text still reads
+
+
+def test_merge_json_checks_only_what_it_merges():
+    merged, text = models.merge_json('{"a":null,"b":[1]}', {"c": 2}, 100)
+    assert merged == {"a": None, "b": [1], "c": 2} and text == '{"a":null,"b":[1],"c":2}'
+    with pytest.raises(ValueError, match="not JSON compliant"):
+        models.merge_json('{"a":null}', {"c": float("nan")}, 100)
+    with pytest.raises(models.StateTooLarge) as info:
+        models.merge_json("{}", {"c": "x" * 100}, 50)
+    assert info.value.size > 100 and info.value.limit == 50
+
+
+def test_sessions_work_the_same_without_orjson(tmp_path):
+    """The stdlib fallback (orjson missing) keeps every rule, on a real SQLite file."""
+    script = (
+        "import sys; sys.modules['orjson'] = None\n"
+        "from nexus_lab.sessions import NexusSessionManager, models\n"
+        "from nexus_lab.errors import SessionStateError\n"
+        "assert models._orjson is None\n"
+        f"m = NexusSessionManager(cleanup_interval=60, store={str(tmp_path / 'f.db')!r})\n"
+        "sid = m.create_session('u').session_id\n"
+        "assert m.update_session_state(sid, {'a': 'é', 'big': 2**70}) == {'a': 'é', 'big': 2**70}\n"
+        "for bad in ({'x': float('nan')}, {'x': '\\ud800'}, {'x': {1: 2}}):\n"
+        "    try:\n"
+        "        m.update_session_state(sid, bad)\n"
+        "    except SessionStateError:\n"
+        "        pass\n"
+        "    else:\n"
+        "        raise SystemExit(f'accepted {bad!r}')\n"
+        "assert m.get_session_state(sid, touch=False) == {'a': 'é', 'big': 2**70}\n"
+        "m.close()\n"
+        "print('ok')\n"
+    )
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr

@@ -227,9 +227,13 @@ if _orjson is not None:
             raise _TooLarge(len(out), limit)
         return merged, new
 
-else:  # pragma: no cover - without orjson
-    encode_json_bytes = _encode_std
-    decode_json = _std_decode
+else:  # pragma: no cover - without orjson (tested in a subprocess)
+
+    def encode_json_bytes(obj: Any) -> bytes:
+        return _encode_std(obj)
+
+    def decode_json(text: str) -> Any:
+        return _std_decode(text)
 
     def merge_json(text: str, updates: Mapping[str, Any], limit: int) -> tuple[dict[str, Any], str]:
         merged = _std_decode(text)
