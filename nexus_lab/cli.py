@@ -134,7 +134,7 @@ def _exit_code(exc: Exception) -> int:
 
     if isinstance(exc, NexusConnectionError):
         # connected: the server took the connection, then timed out or dropped it
-        return EXIT_SERVER if getattr(exc, "connected", False) else EXIT_UNREACHABLE
+        return EXIT_SERVER if exc.connected else EXIT_UNREACHABLE
     if isinstance(exc, ConfigError) and exc.field == "url":
         return EXIT_USAGE
     if isinstance(exc, (AuthenticationError, Forbidden)):
@@ -161,7 +161,7 @@ def _cli_error(exc: Exception, api_key: str | None) -> CliError:
         )
     elif code == EXIT_USAGE and isinstance(exc, ConfigError):
         message = message.replace("invalid url", "invalid --url", 1)
-    elif code == EXIT_SERVER and getattr(exc, "connected", False) and "no answer" in message:
+    elif code == EXIT_SERVER and exc.connected and "no answer" in message:
         message += " (raise --timeout)"
     elif code == EXIT_SERVER and "is the URL a nexus_lab server" in message:
         message = message.replace("is the URL", "is --url")

@@ -385,9 +385,7 @@ def _reason(exc: BaseException) -> str:
 
 
 def _connection_error(message: str, url: str, connected: bool) -> NexusConnectionError:
-    exc = NexusConnectionError(message, url=url)
-    exc.connected = connected  # type: ignore[attr-defined]
-    return exc
+    return NexusConnectionError(message, url=url, connected=connected)
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -470,7 +468,7 @@ class _Common:
         self._api_key = api_key or None
         self._closed = False
         self._trust_env = not _is_loopback(self.url)
-        from . import __version__
+        from ._version import __version__
 
         base = {"Accept": "application/json", "User-Agent": f"nexus-lab/{__version__}"}
         if self._api_key:

@@ -304,14 +304,17 @@ class NexusConnectionError(NexusError, ConnectionError):
     """A client could not reach a nexus_lab server (refused, unreachable, timed out).
 
     The message names the URL. Raised by :class:`nexus_lab.client.NexusClient`.
+    ``connected`` is False when the server was never reached (refused,
+    unreachable) and True when it took the connection, then timed out or dropped it.
     """
 
     http_status = 503
     error_type = "connection_error"
 
-    def __init__(self, message: str, url: str | None = None) -> None:
+    def __init__(self, message: str, url: str | None = None, *, connected: bool = False) -> None:
         super().__init__(message)
         self.url = url
+        self.connected = connected
 
 
 class ServiceUnavailable(NexusError):

@@ -11,6 +11,7 @@ import re
 import pytest
 
 from nexus_lab import AIAssistant, deploy_as_api, deploy_multi_channel, deploy_with_sessions
+from nexus_lab.metrics import PerformanceMetrics
 from nexus_lab.render import (
     metrics_html,
     nexus_html,
@@ -19,7 +20,6 @@ from nexus_lab.render import (
     state_tree_html,
     value_text,
 )
-from nexus_lab.metrics import PerformanceMetrics
 from nexus_lab.sessions import NexusSessionManager
 
 VOLATILE = [

@@ -89,7 +89,7 @@ from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
 from mcp_types import Tool as MCPTool
 
-from ..errors import MethodNotAllowed, NexusError
+from ..errors import InputValidationError, InternalError, MethodNotAllowed, NexusError
 from .guard import (
     PRINCIPAL_SCOPE_KEY,
     GuardMiddleware,
@@ -222,9 +222,10 @@ class NexusMCPServer(MCPServer):
         if SESSION_ARG not in dep.schema.names:
             session_id = args.pop(SESSION_ARG, None)
             if session_id is not None and not isinstance(session_id, str):
-                return _error_result(
-                    f"invalid input {SESSION_ARG!r}: must be a string, got {type(session_id).__name__}"
-                )
+                return _error_result(InputValidationError(
+                    f"invalid input {SESSION_ARG!r}: must be a string, got {type(session_id).__name__}",
+                    field=SESSION_ARG,
+                ))
             session_id = session_id or None
         try:
             execution = await self.nexus.aexecute(
@@ -237,13 +238,11 @@ class NexusMCPServer(MCPServer):
                 started=request_started.get(),
             )
         except NexusError as exc:
-            return _error_result(exc.message or exc.error_type)
+            return _error_result(exc)
         except Exception as exc:  # a platform bug, not the agent's (that is AgentExecutionError)
             error_id = uuid.uuid4().hex[:12]
             logger.error("MCP tool %r failed (error id %s)", name, error_id, exc_info=exc)
-            return _error_result(
-                f"tool {name!r} failed with {type(exc).__name__}; see the server log for error id {error_id}"
-            )
+            return _error_result(InternalError(error_id))
         # the body the HTTP API answers, encoded once by the execution path; parsed back for
         # structuredContent, so text and structure always agree and hold only JSON values
         text = execution.json_body.decode()
@@ -252,8 +251,14 @@ class NexusMCPServer(MCPServer):
         )
 
 
-def _error_result(message: str) -> CallToolResult:
-    return CallToolResult(content=[TextContent(type="text", text=message)], is_error=True)
+def _error_result(exc: NexusError) -> CallToolResult:
+    """A tool error whose text is the JSON error body every channel uses
+    (``{"error": {"type", "message", ...}}``), so clients map it without guessing."""
+    body = exc.to_dict()
+    if isinstance(exc, InputValidationError) and exc.errors:
+        body["errors"] = exc.errors
+    text = json.dumps({"error": body}, ensure_ascii=False, default=str)
+    return CallToolResult(content=[TextContent(type="text", text=text)], is_error=True)
 
 
 def _principal_of(context: Any) -> str | None:
