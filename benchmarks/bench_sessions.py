@@ -1,32 +1,47 @@
-"""Benchmark nexus_lab sessions against a baseline in the same run.
+"""Benchmark nexus_lab sessions against naive managers measured in the same run.
 
-Prints ops/s of create / update / get for our memory store and SQLite store
-(a file in a temporary directory), ``get_session_metrics`` latency at N
-sessions, and the ratio ours/baseline per operation.
+1. Memory store vs naive in-place managers: ops/s of create / update / get
+   (and of the platform's pure read and atomic update), interleaved rounds,
+   the median of the rounds, and the ratio ours/naive. Targets: update and
+   get >= 0.8x of ``NaiveSessionManager``.
+2. ``get_session_metrics`` latency at N sessions (ours is O(1), naive scans).
+3. SQLite, one thread: create / update / get ops/s.
+4. SQLite under concurrency: update throughput with 1, 8 and 64 writer threads,
+   group commit (the store) vs one transaction per write (the store as it was,
+   rebuilt here by :class:`OneTxPerOpStore`), and the platform's call (read +
+   update) before and after: read-that-writes + per-op transactions vs pure
+   read + group commit.
 
-Baseline: the upstream manager (``kaizen.integrations.nexus``) when it is
-importable, else a naive dict-based manager written below that does what the
-upstream one does: a dataclass per session with ``datetime`` stamps, a
-shallow ``dict.update`` on write, a shallow ``dict.copy`` on read, no
-validation, no locks, no events, and metrics computed by scanning every
-session. Ours additionally validates JSON and size, deep-copies on read,
-records an event per operation, and keeps sliding expiry and counters.
+Baselines (both update the state in place and validate nothing):
+
+* ``NaiveSessionManager``, the one the targets refer to: what upstream's
+  manager does (a dataclass per session, ``state.update(updates)``, a shallow
+  copy on read, ``datetime`` stamps on every access, metrics by scanning).
+* ``BareDictManager``, the floor: a dict of dicts, the live state returned on
+  read (no copy at all), one stamp per access.
+
+Ours additionally validates JSON and size, deep-copies on every read (the
+state is stored as JSON text), logs an event and counts per op.
 
 Usage::
 
-    .venv/bin/python benchmarks/bench_sessions.py --n 10000
+    .venv/bin/python benchmarks/bench_sessions.py            # everything
+    .venv/bin/python benchmarks/bench_sessions.py --no-sqlite --rounds 9
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import sqlite3
 import statistics
 import sys
 import tempfile
+import threading
 import time
 import uuid
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -34,10 +49,11 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from nexus_lab.sessions import NexusSessionManager  # noqa: E402
+from nexus_lab.sessions import NexusSessionManager, SQLiteSessionStore  # noqa: E402
+from nexus_lab.sessions.models import _orjson  # noqa: E402
+from nexus_lab.sessions.stores.sqlite import _Op  # noqa: E402
 
 # ---------------------------------------------------------------- naive baseline
-
 
 @dataclass
 class _NaiveSession:
@@ -64,7 +80,12 @@ class _NaiveSession:
 
 
 class NaiveSessionManager:
-    """Shallow dicts, no validation, no locks, O(n) metrics (like upstream)."""
+    """The baseline of the targets: in place, shallow, like upstream's manager.
+
+    A dataclass per session in a dict, ``state.update(updates)`` in place, a
+    shallow ``dict.copy`` on read, ``datetime`` stamps on every access, no
+    validation, no locks, no events, metrics by scanning every session.
+    """
 
     def __init__(self) -> None:
         self.sessions: dict[str, _NaiveSession] = {}
@@ -120,25 +141,74 @@ class NaiveSessionManager:
         pass
 
 
-def _baseline_factory() -> tuple[str, Any]:
-    try:
-        from kaizen.integrations.nexus import NexusSessionManager as Upstream  # type: ignore
-    except Exception:
-        return "naive dict-based manager (kailash-kaizen not importable)", NaiveSessionManager
 
-    def make() -> Any:
-        m = Upstream()
-        if not hasattr(m, "close"):
-            m.close = lambda: None
-        return m
-
-    return "upstream kaizen.integrations.nexus.NexusSessionManager", make
+_HOUR = timedelta(hours=1)
 
 
-# ---------------------------------------------------------------- workload
+class BareDictManager:
+    """The floor: a dict of dicts updated in place; reads return the live state (no copy at
+    all, so a caller's edit changes the session). One ``datetime`` stamp per access."""
 
-# upstream kailash-kaizen in-memory manager, measured on this machine in an earlier run
-UPSTREAM_RECORDED = {"create": 108_000.0, "update": 184_000.0, "get": 279_000.0}
+    def __init__(self) -> None:
+        self.sessions: dict[str, dict[str, Any]] = {}
+
+    def create_session(self, user_id: str = "", session_id: str | None = None) -> dict[str, Any]:
+        now = datetime.now()
+        sid = session_id or str(uuid.uuid4())
+        s = {
+            "session_id": sid,
+            "user_id": user_id,
+            "created_at": now,
+            "last_accessed": now,
+            "expires_at": now + _HOUR,
+            "state": {},
+            "channel_activity": {},
+        }
+        self.sessions[sid] = s
+        return s
+
+    def _live(self, session_id: str) -> dict[str, Any] | None:
+        s = self.sessions.get(session_id)
+        if s is not None and datetime.now() > s["expires_at"]:
+            del self.sessions[session_id]
+            return None
+        return s
+
+    def update_session_state(self, session_id: str, updates: dict, channel: str = "api") -> bool:
+        s = self._live(session_id)
+        if s is None:
+            return False
+        s["state"].update(updates)
+        now = datetime.now()
+        s["last_accessed"] = now
+        s["expires_at"] = now + _HOUR
+        s["channel_activity"][channel] = now
+        return True
+
+    def get_session_state(self, session_id: str, channel: str | None = None) -> dict | None:
+        s = self._live(session_id)
+        if s is None:
+            return None
+        now = datetime.now()
+        s["last_accessed"] = now
+        s["expires_at"] = now + _HOUR
+        if channel:
+            s["channel_activity"][channel] = now
+        return s["state"]
+
+    def get_session_metrics(self) -> dict[str, Any]:
+        now = datetime.now()
+        live = [s for s in self.sessions.values() if now <= s["expires_at"]]
+        channels: set[str] = set()
+        for s in live:
+            channels.update(s["channel_activity"])
+        return {"active_sessions": len(live), "channels_used": sorted(channels)}
+
+    def close(self) -> None:
+        pass
+
+
+# ---------------------------------------------------------------- memory workload
 
 INITIAL = {
     "query": "What is AI?",
@@ -148,6 +218,10 @@ INITIAL = {
 }  # about 130 bytes of JSON
 
 
+def _sid(created: Any) -> str:
+    return created["session_id"] if created.__class__ is dict else created.session_id
+
+
 def run_ops(manager: Any, n: int) -> dict[str, float]:
     """Time n creates, n updates (one per session) and n gets; return ops/s per op."""
     out: dict[str, float] = {}
@@ -155,7 +229,7 @@ def run_ops(manager: Any, n: int) -> dict[str, float]:
     ids: list[str] = []
     t0 = time.perf_counter()
     for i in range(n):
-        ids.append(create(user_id=f"user-{i % 100}").session_id)
+        ids.append(_sid(create(user_id=f"user-{i % 100}")))
     out["create"] = n / (time.perf_counter() - t0)
     for sid in ids:  # give every session a realistic state first (untimed)
         manager.update_session_state(sid, INITIAL, channel="api")
@@ -169,7 +243,33 @@ def run_ops(manager: Any, n: int) -> dict[str, float]:
     for sid in ids:
         get(sid, channel="cli")
     out["get"] = n / (time.perf_counter() - t0)
+    if isinstance(manager, NexusSessionManager):
+        # the platform's pair: a pure read, then the atomic update that slides the expiry
+        read = manager.get_session
+        t0 = time.perf_counter()
+        for i, sid in enumerate(ids):
+            read(sid, channel="api", user_id=f"user-{i % 100}", touch=False)
+        out["read (touch=False)"] = n / (time.perf_counter() - t0)
+        apply = manager.apply_session_update
+        t0 = time.perf_counter()
+        for sid in ids:
+            apply(sid, _turn, channel="api")
+        out["apply_session_update"] = n / (time.perf_counter() - t0)
     return out
+
+
+def _turn(state: dict[str, Any]) -> dict[str, Any]:
+    return {"turn": state.get("turn", 0) + 1, "last_channel": "api"}
+
+
+def measure(make: Callable[[], Any], n: int) -> tuple[dict[str, float], Any]:
+    manager = make()
+    gc.collect()
+    gc.disable()
+    try:
+        return run_ops(manager, n), manager
+    finally:
+        gc.enable()
 
 
 def metrics_latency(manager: Any, calls: int) -> float:
@@ -183,104 +283,192 @@ def metrics_latency(manager: Any, calls: int) -> float:
     return statistics.median(times) * 1000
 
 
-def best_of(repeat: int, make: Any, n: int) -> tuple[dict[str, float], Any]:
-    best: dict[str, float] = {}
-    manager = None
-    for _ in range(repeat):
-        if manager is not None:
-            manager.close()
-        manager = make()
-        gc.collect()
-        gc.disable()
-        try:
-            result = run_ops(manager, n)
-        finally:
-            gc.enable()
-        for k, v in result.items():
-            best[k] = max(best.get(k, 0.0), v)
-    return best, manager
+def _median(rounds: list[dict[str, float]]) -> dict[str, float]:
+    return {k: statistics.median(r[k] for r in rounds) for k in rounds[0]}
+
+
+# ---------------------------------------------------------------- SQLite concurrency
+
+
+class OneTxPerOpStore(SQLiteSessionStore):
+    """The store as it was before group commit: every write alone in its own
+    ``BEGIN IMMEDIATE ... COMMIT``, writers of the process taking turns on one lock.
+    Kept here only, to measure what group commit changes."""
+
+    def _submit(self, fn: Callable[[sqlite3.Connection, _Op], Any], barrier: bool = True) -> Any:
+        with self._wlock:
+            conn = self._wconn
+            if conn is None:
+                raise RuntimeError("closed")
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                op = _Op(fn, barrier)
+                result = fn(conn, op)
+                logs: list[tuple] = []
+                trims: list[str] = []
+                counts: dict[str, int] = {}
+                self._collect(op, logs, trims, counts)  # its event and counters, right away
+                self._flush(conn, logs, trims, counts)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+            return result
+
+
+def sqlite_throughput(
+    store_cls: type[SQLiteSessionStore], path: Path, threads: int, total: int, platform: bool
+) -> float:
+    """Writes (or platform calls) per second with ``threads`` threads, one session each."""
+    store = store_cls(path)
+    manager = NexusSessionManager(cleanup_interval=300, store=store)
+    try:
+        sids = [manager.create_session(f"u{t}").session_id for t in range(threads)]
+        for sid in sids:
+            manager.update_session_state(sid, INITIAL, channel="api")
+        per = max(1, total // threads)
+        barrier = threading.Barrier(threads + 1)
+        touch = store_cls is OneTxPerOpStore  # the old platform read wrote too
+        errors: list[BaseException] = []
+
+        def work(t: int, sid: str) -> None:
+            try:
+                barrier.wait()
+                for _ in range(per):
+                    if platform:
+                        session = manager.get_session(sid, channel="api", user_id=f"u{t}", touch=touch)
+                        assert session is not None
+                    manager.apply_session_update(sid, _turn, channel="api")
+            except BaseException as exc:  # pragma: no cover - reported below
+                errors.append(exc)
+
+        workers = [threading.Thread(target=work, args=(t, s)) for t, s in enumerate(sids)]
+        for w in workers:
+            w.start()
+        barrier.wait()
+        t0 = time.perf_counter()
+        for w in workers:
+            w.join()
+        elapsed = time.perf_counter() - t0
+        if errors:
+            raise errors[0]
+        return per * threads / elapsed
+    finally:
+        manager.close()
+        store.close()
+
+
+def sqlite_concurrency(tmp: Path, rounds: int, total: int, thread_counts: list[int]) -> None:
+    print(
+        f"\nSQLite under concurrency (file in {tmp.parent}, WAL, synchronous=NORMAL; "
+        f"~{total} ops per run, median of {rounds} interleaved rounds)"
+    )
+    header = f"{'threads':>8}{'one tx per op':>16}{'group commit':>15}{'ratio':>8}"
+    for label, platform in (("update (apply_session_update)", False), ("platform call", True)):
+        if platform:
+            print("\nplatform call = read + apply_session_update; before: the read wrote too")
+        else:
+            print(f"\n{label}")
+        print(header)
+        for threads in thread_counts:
+            old: list[float] = []
+            new: list[float] = []
+            for r in range(rounds):
+                for cls, out in ((OneTxPerOpStore, old), (SQLiteSessionStore, new)):
+                    path = tmp / f"c-{label[:6]}-{threads}-{r}-{cls.__name__}.db"
+                    out.append(sqlite_throughput(cls, path, threads, total, platform))
+            o, n = statistics.median(old), statistics.median(new)
+            print(f"{threads:>8}{o:>14,.0f}/s{n:>13,.0f}/s{n / o:>7.2f}x")
+
+
+# ---------------------------------------------------------------- main
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--n", type=int, default=10000, help="operations per kind (default 10000)")
-    parser.add_argument("--repeat", type=int, default=5, help="runs per store; the best counts")
-    parser.add_argument("--sqlite-repeat", type=int, default=1, help="runs for the SQLite store")
+    parser.add_argument("--rounds", type=int, default=7, help="interleaved rounds (median)")
     parser.add_argument("--metric-calls", type=int, default=200, help="get_session_metrics calls")
-    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite store")
+    parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite sections")
+    parser.add_argument("--sqlite-n", type=int, default=2000, help="ops per SQLite single-thread run")
+    parser.add_argument("--sqlite-rounds", type=int, default=3, help="rounds of the SQLite sections")
+    parser.add_argument("--sqlite-total", type=int, default=3200, help="ops per concurrency run")
+    parser.add_argument(
+        "--threads", default="1,8,64", help="writer thread counts (default 1,8,64)"
+    )
     args = parser.parse_args(argv)
 
     warnings.simplefilter("ignore", UserWarning)
-    label, make_baseline = _baseline_factory()
-    print(f"python {sys.version.split()[0]}, n={args.n}, best of {args.repeat}")
-    print(f"baseline: {label}\n")
+    codec = f"orjson {_orjson.__version__}" if _orjson is not None else "stdlib json (no orjson)"
+    print(f"python {sys.version.split()[0]}, codec {codec}, n={args.n}, median of {args.rounds}")
+    print("baselines: naive (upstream-like, in place) and bare dict (no copies at all)\n")
 
     def make_ours() -> NexusSessionManager:
         return NexusSessionManager(cleanup_interval=300)
 
-    # interleave ours and the baseline so that machine noise hits both alike
-    ours: dict[str, float] = {}
-    base: dict[str, float] = {}
-    ours_mgr = base_mgr = None
-    for _ in range(args.repeat):
-        for target, make in ((ours, make_ours), (base, make_baseline)):
-            r, m = best_of(1, make, args.n)
-            for k, v in r.items():
-                target[k] = max(target.get(k, 0.0), v)
-            if target is ours:
-                if ours_mgr is not None:
-                    ours_mgr.close()
-                ours_mgr = m
-            else:
-                if base_mgr is not None:
-                    base_mgr.close()
-                base_mgr = m
+    # interleave ours and the baselines so that machine noise hits all alike
+    makers: dict[str, Callable[[], Any]] = {
+        "ours": make_ours,
+        "naive": NaiveSessionManager,
+        "bare": BareDictManager,
+    }
+    rounds: dict[str, list[dict[str, float]]] = {k: [] for k in makers}
+    last: dict[str, Any] = {}
+    for _ in range(args.rounds):
+        for key, make in makers.items():
+            result, mgr = measure(make, args.n)
+            rounds[key].append(result)
+            if key in last:
+                last[key].close()
+            last[key] = mgr
+    ours, base, bare = (_median(rounds[k]) for k in makers)
+    ours_mgr, base_mgr = last["ours"], last["naive"]
 
-    print(f"{'op':<8}{'ours (memory)':>16}{'baseline':>14}{'ratio':>9}")
+    print(f"{'op':<22}{'ours (memory)':>14}{'naive':>14}{'ratio':>8}{'bare dict':>14}{'ratio':>8}")
     for op in ("create", "update", "get"):
-        print(f"{op:<8}{ours[op]:>12,.0f}/s {base[op]:>10,.0f}/s {ours[op] / base[op]:>8.2f}x")
+        print(
+            f"{op:<22}{ours[op]:>12,.0f}/s{base[op]:>12,.0f}/s{ours[op] / base[op]:>7.2f}x"
+            f"{bare[op]:>12,.0f}/s{ours[op] / bare[op]:>7.2f}x"
+        )
+    for op, vs in (("read (touch=False)", "get"), ("apply_session_update", "update")):
+        print(
+            f"{op:<22}{ours[op]:>12,.0f}/s{'(vs ' + vs + ')':>14}{ours[op] / base[vs]:>7.2f}x"
+            f"{'':>14}{ours[op] / bare[vs]:>7.2f}x"
+        )
     print(
-        "(ours also deep-copies, checks JSON and size, logs an event and counts per op; "
-        "the baseline does none of that)"
-    )
-    ref = ", ".join(
-        f"{op} {ours[op] / UPSTREAM_RECORDED[op]:.2f}x" for op in ("create", "update", "get")
-    )
-    print(
-        f"vs upstream's figures recorded in /work/shared/notes (another run: create 108k/s, "
-        f"update 184k/s, get 279k/s): {ref}"
+        "targets: update and get >= 0.80x of naive. Ours also deep-copies, checks JSON and "
+        "size, logs an event and counts per op; the baselines do none of that."
     )
 
     ml_ours = metrics_latency(ours_mgr, args.metric_calls)
     ml_base = metrics_latency(base_mgr, max(5, args.metric_calls // 10))
     print(
         f"\nget_session_metrics at {args.n:,} sessions (median): ours {ml_ours:.4f} ms, "
-        f"baseline {ml_base:.3f} ms ({ml_base / ml_ours:,.0f}x faster)"
+        f"naive {ml_base:.3f} ms ({ml_base / ml_ours:,.0f}x faster)"
     )
-    ours_mgr.close()
-    base_mgr.close()
+    for mgr in last.values():
+        mgr.close()
 
     if not args.no_sqlite:
         with tempfile.TemporaryDirectory() as tmp:
-            results: dict[str, float] = {}
-            mgr = None
-            for i in range(args.sqlite_repeat):
-                if mgr is not None:
-                    mgr.close()
+            rounds = []
+            for i in range(args.sqlite_rounds):
                 url = f"sqlite:///{Path(tmp) / f'bench{i}.db'}"
-                r, mgr = best_of(
-                    1, lambda url=url: NexusSessionManager(cleanup_interval=300, store=url), args.n
+                result, mgr = measure(
+                    lambda url=url: NexusSessionManager(cleanup_interval=300, store=url),
+                    args.sqlite_n,
                 )
-                for k, v in r.items():
-                    results[k] = max(results.get(k, 0.0), v)
-            ml_sql = metrics_latency(mgr, args.metric_calls)
-            mgr.close()
-        print(f"\nSQLite store (WAL, synchronous=NORMAL, file in {tempfile.gettempdir()}):")
-        for op in ("create", "update", "get"):
-            print(
-                f"  {op:<8}{results[op]:>10,.0f}/s   ({results[op] / base[op]:.2f}x the in-memory baseline)"
-            )
-        print(f"  get_session_metrics at {args.n:,} sessions (median): {ml_sql:.4f} ms")
+                rounds.append(result)
+                if i == args.sqlite_rounds - 1:
+                    ml_sql = metrics_latency(mgr, args.metric_calls)
+                mgr.close()
+            sql = _median(rounds)
+            print(f"\nSQLite store, one thread (n={args.sqlite_n}, median of {args.sqlite_rounds}):")
+            for op in ("create", "update", "get", "read (touch=False)", "apply_session_update"):
+                print(f"  {op:<22}{sql[op]:>10,.0f}/s")
+            print(f"  get_session_metrics (median): {ml_sql:.4f} ms")
+            threads = [int(t) for t in args.threads.split(",") if t.strip()]
+            sqlite_concurrency(Path(tmp), args.sqlite_rounds, args.sqlite_total, threads)
     return 0
 
 

@@ -55,7 +55,7 @@ T = TypeVar("T")
 
 _LIVE = "__live__"  # internal counter: records held, kept by create/delete/delete_expired
 _TRIM_EVERY = 16  # trim a session's event rows every this many events
-_MAX_IDLE_READERS = 16  # read connections kept open between reads
+_MAX_IDLE_READERS = 64  # read connections kept open between reads (one per concurrent reader)
 _SCHEMA_VERSION = 1  # PRAGMA user_version: 1 = texts with ints beyond 64 bits are marked
 _SYNCHRONOUS = ("NORMAL", "FULL", "EXTRA")
 _CLOSED = "SQLiteSessionStore is closed"
@@ -145,15 +145,27 @@ def _fresh(exc: BaseException) -> Exception:
 
 
 class _Op:
-    """One write waiting for, or taken into, a group commit."""
+    """One write waiting for, or taken into, a group commit.
 
-    __slots__ = ("fn", "result", "error", "lead", "done")
+    ``fn(conn, op)`` runs inside the batch's transaction. An update leaves its
+    event row, trim and counter increments in ``log``/``trim``/``incr``: the
+    batch writes them for all its updates at once (one ``executemany`` each)
+    once they succeeded, instead of two or three statements per write.
+    ``barrier`` ops (create, delete, delete_expired) delete or count rows
+    themselves, so what the updates before them left is written first.
+    """
 
-    def __init__(self, fn: Callable[[sqlite3.Connection], Any]) -> None:
+    __slots__ = ("fn", "barrier", "result", "error", "lead", "done", "log", "trim", "incr")
+
+    def __init__(self, fn: Callable[[sqlite3.Connection, _Op], Any], barrier: bool) -> None:
         self.fn = fn
+        self.barrier = barrier
         self.result: Any = None
         self.error: BaseException | None = None
         self.lead = False  # set when the caller is handed the leader role instead of a result
+        self.log: tuple | None = None
+        self.trim: str | None = None
+        self.incr: Mapping[str, int] | None = None
         self.done = allocate_lock()  # held until the op is acknowledged (or its caller promoted)
         self.done.acquire()
 
@@ -236,6 +248,7 @@ class SQLiteSessionStore(SessionStore):
         self._queue: list[_Op] = []
         self._leading = False  # a leader runs, or a waiting writer was promoted to lead
         self._leader: int | None = None  # thread id of the leader while it runs a batch
+        self._last_batch = 0  # size of the last batch: how many writers to expect back
         self._idle: list[sqlite3.Connection] = []
         self._pid = os.getpid()
 
@@ -332,10 +345,10 @@ class SQLiteSessionStore(SessionStore):
             self._release(conn)
 
     # -- group commit
-    def _submit(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn(conn)`` inside a group-committed transaction; return its result once
+    def _submit(self, fn: Callable[[sqlite3.Connection, _Op], T], barrier: bool = True) -> T:
+        """Run ``fn(conn, op)`` inside a group-committed transaction; return its result once
         the transaction committed, or raise what ``fn`` raised (its writes rolled back)."""
-        op = _Op(fn)
+        op = _Op(fn, barrier)
         with self._qlock:
             if self._closed:
                 raise RuntimeError(_CLOSED)
@@ -368,9 +381,22 @@ class SQLiteSessionStore(SessionStore):
                     promoted = self._pass_lead()
                 raise
             try:
+                # Writers acknowledged by the last batch come back at about the same time; a
+                # leader that took the queue at once would often commit alone and leave them
+                # all to the next transaction. So, after a batch of n, wait (yielding the GIL
+                # and the CPU, at most n times) for up to n writers before taking the queue.
+                # One writer alone never waits: its last batch was 1.
+                expect = self._last_batch
+                if expect > 1:
+                    queue_len = self._queue.__len__
+                    for _ in range(expect):
+                        if queue_len() >= expect or self._closed:
+                            break
+                        os.sched_yield()
                 with self._qlock:
                     batch, self._queue = self._queue, []
                     self._leader = get_ident()
+                self._last_batch = len(batch)
                 if batch:
                     self._run(batch)
             finally:
@@ -413,27 +439,40 @@ class SQLiteSessionStore(SessionStore):
                 op.error = _fresh(exc)
             return
         ok = 0
+        logs: list[tuple] = []  # what the successful updates left to write (see _Op)
+        trims: list[str] = []
+        counts: dict[str, int] = {}
         try:
             if len(batch) == 1:  # alone: the transaction is its savepoint
                 op = batch[0]
                 try:
-                    op.result = op.fn(conn)
+                    op.result = op.fn(conn, op)
                     ok = 1
+                    self._collect(op, logs, trims, counts)
                 except Exception as exc:
                     op.error = exc
             else:
                 for op in batch:
+                    if op.barrier and (logs or counts):
+                        self._flush(conn, logs, trims, counts)
                     conn.execute("SAVEPOINT nexus_op")
                     try:
-                        op.result = op.fn(conn)
-                        ok += 1
+                        op.result = op.fn(conn, op)
                     except Exception as exc:
                         op.error = exc
                         if not conn.in_transaction:  # SQLite rolled everything back (I/O, full)
                             raise
                         conn.execute("ROLLBACK TO nexus_op")
+                    else:
+                        ok += 1
+                        self._collect(op, logs, trims, counts)
                     conn.execute("RELEASE nexus_op")
-            conn.execute("COMMIT" if ok else "ROLLBACK")
+            if ok:
+                if logs or counts:
+                    self._flush(conn, logs, trims, counts)
+                conn.execute("COMMIT")
+            else:
+                conn.execute("ROLLBACK")
         except BaseException as exc:
             # nothing of this batch was committed: ops that had succeeded (or not run) fail too
             if conn.in_transaction:
@@ -458,6 +497,30 @@ class SQLiteSessionStore(SessionStore):
     def _apply_incr(conn: sqlite3.Connection, incr: Mapping[str, int]) -> None:
         for item in incr.items():
             conn.execute(_INCR, item)
+
+    @staticmethod
+    def _collect(op: _Op, logs: list[tuple], trims: list[str], counts: dict[str, int]) -> None:
+        if op.log is not None:
+            logs.append(op.log)
+            if op.trim is not None:
+                trims.append(op.trim)
+        if op.incr:
+            for name, n in op.incr.items():
+                counts[name] = counts.get(name, 0) + n
+
+    def _flush(
+        self, conn: sqlite3.Connection, logs: list[tuple], trims: list[str], counts: dict[str, int]
+    ) -> None:
+        """Write what the batch's updates left: event rows, trims, counter sums."""
+        if logs:
+            conn.executemany(_LOG, logs)
+            logs.clear()
+        for sid in trims:  # after the inserts: keep the newest max_events
+            self._trim(conn, sid)
+        trims.clear()
+        if counts:
+            conn.executemany(_INCR, list(counts.items()))
+            counts.clear()
 
     def _log(
         self, conn: sqlite3.Connection, session_id: str, event: SessionEvent, seq: int
@@ -510,7 +573,7 @@ class SQLiteSessionStore(SessionStore):
             seq,
         )
 
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection, _: _Op) -> bool:
             old = conn.execute(
                 "SELECT expires_at FROM nexus_sessions WHERE session_id = ?", (sid,)
             ).fetchone()
@@ -543,7 +606,7 @@ class SQLiteSessionStore(SessionStore):
         event: SessionEvent | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
-        def op(conn: sqlite3.Connection) -> T:
+        def op(conn: sqlite3.Connection, me: _Op) -> T:
             row = conn.execute(_GET_FOR_UPDATE, (session_id,)).fetchone()
             if row is None or row[4] <= now:
                 raise SessionNotFound(session_id)
@@ -564,16 +627,23 @@ class SQLiteSessionStore(SessionStore):
                     session_id,
                 ),
             )
-            if event is not None:
-                self._log(conn, session_id, event, seq)
-            if incr:
-                self._apply_incr(conn, incr)
+            if event is not None:  # written by the batch, with the other updates' events
+                me.log = (
+                    session_id,
+                    event.timestamp,
+                    event.channel,
+                    event.action,
+                    encode_json(event.keys),  # after mutate: apply_session_update sets keys then
+                )
+                if seq % _TRIM_EVERY == 0:
+                    me.trim = session_id
+            me.incr = incr
             return result
 
-        return self._submit(op)
+        return self._submit(op, barrier=False)
 
     def delete(self, session_id: str, now: float) -> bool:
-        def op(conn: sqlite3.Connection) -> bool:
+        def op(conn: sqlite3.Connection, _: _Op) -> bool:
             cur = conn.execute(
                 "DELETE FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
                 (session_id, now),
@@ -588,7 +658,7 @@ class SQLiteSessionStore(SessionStore):
         return self._submit(op)
 
     def delete_expired(self, now: float) -> int:
-        def op(conn: sqlite3.Connection) -> int:
+        def op(conn: sqlite3.Connection, _: _Op) -> int:
             conn.execute(
                 "DELETE FROM nexus_session_events WHERE session_id IN "
                 "(SELECT session_id FROM nexus_sessions WHERE expires_at <= ?)",
@@ -603,10 +673,10 @@ class SQLiteSessionStore(SessionStore):
         return self._submit(op)
 
     def incr(self, counter: str, n: int = 1) -> None:
-        def op(conn: sqlite3.Connection) -> None:
-            conn.execute(_INCR, (counter, n))
+        def op(conn: sqlite3.Connection, me: _Op) -> None:
+            me.incr = {counter: n}  # summed with the batch's other increments
 
-        self._submit(op)
+        self._submit(op, barrier=False)
 
     # -- SessionStore: reads (own connections, never behind a write)
     def get(self, session_id: str, now: float) -> SessionRecord | None:
