@@ -190,6 +190,9 @@ class NexusSessionManager:
         self._channel_incr: dict[str, dict[str, int]] = {}
         self._owns_store = not isinstance(store, SessionStore)
         self._store = open_store(store, max_events=max_events)
+        # bound once: the hot paths call these on every operation
+        self._store_update = self._store.update
+        self._store_get = self._store.get
         self._store.max_events = max_events
         self._close_lock = threading.Lock()
         self._closed = False
@@ -394,7 +397,7 @@ class NexusSessionManager:
             return merged
 
         event = SessionEvent(now, channel, "update", tuple(updates))
-        return self._store.update(session_id, mutate, now, event, incr)
+        return self._store_update(session_id, mutate, now, event, incr)
 
     def apply_session_update(
         self,
@@ -452,7 +455,7 @@ class NexusSessionManager:
             event.keys = tuple(upd)  # known only now; the store logs the event after mutate
             return merged
 
-        return self._store.update(session_id, mutate, now, event, incr)
+        return self._store_update(session_id, mutate, now, event, incr)
 
     def get_session_state(
         self, session_id: str, channel: str | None = None, *, touch: bool = True
@@ -471,7 +474,7 @@ class NexusSessionManager:
         if not touch:
             if channel is not None:
                 self._check_channel(channel)
-            rec = self._store.get(session_id, self._clock())
+            rec = self._store_get(session_id, self._clock())
             return {} if rec is None else decode_json(rec.state_json)
         incr = self._incr_for(channel) if channel is not None else None
         now = self._clock()
@@ -487,9 +490,9 @@ class NexusSessionManager:
 
         try:
             if channel is None:
-                text = self._store.update(session_id, touch_record, now)
+                text = self._store_update(session_id, touch_record, now)
             else:
-                text = self._store.update(
+                text = self._store_update(
                     session_id, touch_record, now, SessionEvent(now, channel, "read", ()), incr
                 )
         except SessionNotFound:
@@ -529,7 +532,7 @@ class NexusSessionManager:
         if not touch:
             if channel is not None:
                 self._check_channel(channel)
-            rec = self._store.get(session_id, self._clock())
+            rec = self._store_get(session_id, self._clock())
             if rec is None or (user_id is not None and rec.user_id != user_id):
                 return None
             return Session._from_snapshot(rec, self.session_ttl)  # rec is ours: no 2nd copy
@@ -549,9 +552,9 @@ class NexusSessionManager:
 
         try:
             if channel is None:
-                rec = self._store.update(session_id, touch_record, now)
+                rec = self._store_update(session_id, touch_record, now)
             else:
-                rec = self._store.update(
+                rec = self._store_update(
                     session_id, touch_record, now, SessionEvent(now, channel, "read", ()), incr
                 )
         except SessionNotFound:
