@@ -317,10 +317,15 @@ class OneTxPerOpStore(SQLiteSessionStore):
 
 
 def sqlite_throughput(
-    store_cls: type[SQLiteSessionStore], path: Path, threads: int, total: int, platform: bool
+    store_cls: type[SQLiteSessionStore],
+    path: Path,
+    threads: int,
+    total: int,
+    platform: bool,
+    synchronous: str = "NORMAL",
 ) -> float:
     """Writes (or platform calls) per second with ``threads`` threads, one session each."""
-    store = store_cls(path)
+    store = store_cls(path, synchronous=synchronous)
     manager = NexusSessionManager(cleanup_interval=300, store=store)
     try:
         sids = [manager.create_session(f"u{t}").session_id for t in range(threads)]
@@ -358,9 +363,11 @@ def sqlite_throughput(
         store.close()
 
 
-def sqlite_concurrency(tmp: Path, rounds: int, total: int, thread_counts: list[int]) -> None:
+def sqlite_concurrency(
+    tmp: Path, rounds: int, total: int, thread_counts: list[int], synchronous: str
+) -> None:
     print(
-        f"\nSQLite under concurrency (file in {tmp.parent}, WAL, synchronous=NORMAL; "
+        f"\nSQLite under concurrency (file in {tmp.parent}, WAL, synchronous={synchronous}; "
         f"~{total} ops per run, median of {rounds} interleaved rounds)"
     )
     header = f"{'threads':>8}{'one tx per op':>16}{'group commit':>15}{'ratio':>8}"
@@ -376,7 +383,9 @@ def sqlite_concurrency(tmp: Path, rounds: int, total: int, thread_counts: list[i
             for r in range(rounds):
                 for cls, out in ((OneTxPerOpStore, old), (SQLiteSessionStore, new)):
                     path = tmp / f"c-{label[:6]}-{threads}-{r}-{cls.__name__}.db"
-                    out.append(sqlite_throughput(cls, path, threads, total, platform))
+                    out.append(
+                        sqlite_throughput(cls, path, threads, total, platform, synchronous)
+                    )
             o, n = statistics.median(old), statistics.median(new)
             print(f"{threads:>8}{o:>14,.0f}/s{n:>13,.0f}/s{n / o:>7.2f}x")
 
@@ -395,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sqlite-total", type=int, default=3200, help="ops per concurrency run")
     parser.add_argument(
         "--threads", default="1,8,64", help="writer thread counts (default 1,8,64)"
+    )
+    parser.add_argument(
+        "--synchronous",
+        default="NORMAL",
+        choices=["NORMAL", "FULL"],
+        help="SQLite synchronous setting of the concurrency section (FULL: fsync per commit)",
     )
     args = parser.parse_args(argv)
 
@@ -468,7 +483,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"  {op:<22}{sql[op]:>10,.0f}/s")
             print(f"  get_session_metrics (median): {ml_sql:.4f} ms")
             threads = [int(t) for t in args.threads.split(",") if t.strip()]
-            sqlite_concurrency(Path(tmp), args.sqlite_rounds, args.sqlite_total, threads)
+            sqlite_concurrency(
+                Path(tmp), args.sqlite_rounds, args.sqlite_total, threads, args.synchronous
+            )
     return 0
 
 

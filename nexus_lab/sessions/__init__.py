@@ -6,10 +6,17 @@ Example::
 
     manager = NexusSessionManager(cleanup_interval=300, session_ttl=7200)
     session = manager.create_session(user_id="user-123")
-    manager.update_session_state(session.session_id, {"query": "What is AI?"}, channel="api")
-    manager.get_session_state(session.session_id, channel="cli")   # {'query': 'What is AI?'}
+    sid = session.session_id
+    manager.update_session_state(sid, {"query": "What is AI?"}, channel="api")
+    manager.get_session_state(sid, channel="cli")   # {'query': 'What is AI?'}
 
-    # shared by processes:
+    # what the platform does per call: a pure read, then one atomic update that
+    # also slides the expiry and records the channel (one write transaction)
+    session = manager.get_session(sid, channel="api", user_id="user-123", touch=False)
+    manager.apply_session_update(sid, lambda s: {"turns": s.get("turns", 0) + 1}, channel="api")
+
+    # shared by processes (group-committed writes; manager.blocking is True, so an
+    # asyncio server runs its calls in worker threads):
     NexusSessionManager(store="sqlite:///sessions.db")
 
 ``SQLiteSessionStore`` is imported on first use, so that importing this

@@ -134,7 +134,8 @@ class NexusSessionManager:
             thread (floats allowed). ``None`` runs no thread and warns: expired
             sessions then stay in memory until ``cleanup_expired_sessions()``.
         session_ttl: default time-to-live in seconds, measured from the last
-            get/update (sliding expiry).
+            update or touching read (sliding expiry; ``touch=False`` reads do
+            not slide it).
         store: ``None``/``"memory://"`` (in-process), ``"sqlite:///path.db"``
             or a path ending in ``.db`` (shared by processes), or a
             :class:`SessionStore`. The manager closes stores it opened; a

@@ -4,9 +4,10 @@
   changes nothing in the store.
 * ``SessionEvent`` is one entry of a session's bounded activity log.
 * ``SessionRecord`` is what a store keeps: plain values plus the state as JSON
-  text. Keeping the state as text makes every read a natural deep copy
-  (``json.loads``) and lets one ``json.dumps`` per update serve both as the
-  JSON check, the size check and the stored form.
+  text. Keeping the state as text makes every read a natural deep copy (one
+  decode) and lets one encoding per update serve as the JSON check, the size
+  check and the stored form (``merge_json`` does an update's decode, merge and
+  encode in one call).
 
 The module also holds the package's JSON codec (``encode_json`` /
 ``decode_json``). With orjson installed it does the work (about 10x faster
