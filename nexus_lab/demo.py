@@ -140,25 +140,23 @@ def _start(app: Nexus) -> None:
 
 def _self_check(app: Nexus, session_id: str) -> list[str]:
     """Health, one execute in the demo session and its state, over real HTTP; returns problems."""
-    import httpx
+    from .client import NexusClient
+    from .errors import NexusError
 
     problems: list[str] = []
-    with httpx.Client(base_url=app.api_url, timeout=30, trust_env=False) as client:
-        health = client.get("/health")
-        if health.status_code != 200 or health.json().get("status") != "healthy":
-            problems.append(f"/health answered {health.status_code}: {health.text[:200]}")
-        resp = client.post(
-            "/api/workflows/assistant/execute",
-            json={"inputs": {"query": "Hello over HTTP"}, "session_id": session_id},
-        )
-        if resp.status_code != 200:
-            problems.append(f"execute answered {resp.status_code}: {resp.text[:200]}")
+    with NexusClient(app.api_url, timeout=30) as client:
+        try:
+            health = client.health()
+            if health.get("status") != "healthy":
+                problems.append(f"/health says {health.get('status')!r}")
+            result = client.run("assistant", {"query": "Hello over HTTP"}, session_id=session_id)
+        except NexusError as exc:
+            problems.append(f"{type(exc).__name__}: {exc}")
         else:
-            body = resp.json()
-            print(f"   POST /api/workflows/assistant/execute -> {body['outputs'].get('response')}")
-            if body.get("session_id") != session_id:
+            print(f"   POST /api/workflows/assistant/execute -> {result.outputs.get('response')}")
+            if result.session_id != session_id:
                 problems.append(
-                    f"execute returned session {body.get('session_id')!r}, expected {session_id!r}"
+                    f"execute returned session {result.session_id!r}, expected {session_id!r}"
                 )
     state = app.session_manager.get_session_state(session_id)
     print(
