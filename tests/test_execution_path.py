@@ -199,3 +199,32 @@ def test_a_subclass_override_gives_one_answer_on_every_channel(make_app, tmp_pat
         mcp = result.structured_content["outputs"]
     assert local == api == cli == mcp
     app.session_manager.close()
+
+
+def test_async_agents_that_suspend_finish_under_the_deadline(make_app) -> None:
+    """The deadline is armed only once an agent suspends; it must then continue it faithfully."""
+
+    async def waits(query: str) -> dict:
+        await asyncio.sleep(0)
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        loop.call_soon(fut.set_result, query.upper())
+        got = await fut
+        await asyncio.sleep(0.01)
+        return {"response": got}
+
+    async def fails_later(query: str) -> dict:
+        await asyncio.sleep(0)
+        raise ValueError("late failure")
+
+    app = make_app(execution_timeout=5)
+    deploy_multi_channel(waits, app, "waits")
+    deploy_multi_channel(fails_later, app, "fails")
+
+    async def run():
+        ok = await app.aexecute("waits", {"query": "hi"})
+        with pytest.raises(NexusError, match="ValueError"):
+            await app.aexecute("fails", {"query": "hi"})
+        return ok
+
+    assert asyncio.run(run()).outputs == {"response": "HI"}

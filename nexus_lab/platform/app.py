@@ -808,16 +808,74 @@ def _check_room(manager: Any, session: Any, values: dict[str, Any], channel: str
         )
 
 
+async def _within(coro: Any, seconds: float) -> Any:
+    """Await the agent's coroutine ``coro`` with a deadline of ``seconds``.
+
+    An agent that finishes without suspending (no I/O to wait for, like the mock
+    provider) finishes on its first step, so that step runs before any timer is
+    armed: a deadline costs ~6 us a call here, most of a fast agent's overhead.
+    Only a coroutine that suspends gets one; it continues under it, and on expiry
+    the cancellation is thrown into it as into any awaited coroutine.
+    """
+    try:
+        first = coro.send(None)
+    except StopIteration as done:
+        return done.value
+    async with _deadline(seconds):
+        return await _Continue(coro, first)
+
+
+class _Continue:
+    """Awaitable that resumes a coroutine already started by hand (see :func:`_within`)."""
+
+    __slots__ = ("coro", "first")
+
+    def __init__(self, coro: Any, first: Any) -> None:
+        self.coro, self.first = coro, first
+
+    def __await__(self) -> Any:
+        coro, value = self.coro, self.first
+        while True:
+            try:
+                sent = yield value  # the future the coroutine waits on, to the task
+            except GeneratorExit:
+                coro.close()
+                raise
+            except BaseException as exc:  # cancellation (the deadline) or an error for it
+                try:
+                    value = coro.throw(exc)
+                except StopIteration as done:
+                    return done.value
+            else:
+                try:
+                    value = coro.send(sent)
+                except StopIteration as done:
+                    return done.value
+
+
 if hasattr(asyncio, "timeout"):  # Python 3.11+: a timer on the current task, no new task
-
-    async def _within(awaitable: Any, seconds: float) -> Any:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-
+    _deadline = asyncio.timeout
 else:  # pragma: no cover - Python 3.10
 
-    async def _within(awaitable: Any, seconds: float) -> Any:
-        return await asyncio.wait_for(awaitable, seconds)
+    @contextlib.asynccontextmanager
+    async def _deadline(seconds: float) -> Any:
+        loop = asyncio.get_running_loop()
+        task = asyncio.current_task()
+        expired = []
+
+        def expire() -> None:
+            expired.append(True)
+            task.cancel()
+
+        handle = loop.call_later(seconds, expire)
+        try:
+            yield
+        except asyncio.CancelledError:
+            if expired:
+                raise asyncio.TimeoutError from None
+            raise
+        finally:
+            handle.cancel()
 
 
 def _request_started() -> float | None:

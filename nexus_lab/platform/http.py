@@ -220,10 +220,10 @@ async def execute(request: Request) -> Response:
     nexus = _nexus(request)
     name = request.path_params["name"]
     channel, coerce = _channel(request)
-    nexus.get_deployment(name, channel)  # 404 before reading the body
+    deployment = nexus.get_deployment(name, channel)  # 404 before reading the body
     inputs, session_id = _execute_body(await read_body(request, nexus.max_body_bytes))
     execution = await nexus.aexecute(
-        name,
+        deployment,  # looked up once per call
         inputs,
         channel=channel,
         session_id=session_id,
