@@ -400,7 +400,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--metric-calls", type=int, default=200, help="get_session_metrics calls")
     parser.add_argument("--no-sqlite", action="store_true", help="skip the SQLite sections")
     parser.add_argument("--sqlite-n", type=int, default=2000, help="ops per SQLite single-thread run")
-    parser.add_argument("--sqlite-rounds", type=int, default=3, help="rounds of the SQLite sections")
+    parser.add_argument("--sqlite-rounds", type=int, default=5, help="rounds of the SQLite sections")
     parser.add_argument("--sqlite-total", type=int, default=3200, help="ops per concurrency run")
     parser.add_argument(
         "--threads", default="1,8,64", help="writer thread counts (default 1,8,64)"

@@ -244,7 +244,6 @@ class SQLiteSessionStore(SessionStore):
     def _init_runtime(self) -> None:
         self._qlock = threading.Lock()  # guards _queue, _leading, _leader, _closed changes
         self._wlock = threading.RLock()  # held while a batch runs on the write connection
-        self._plock = threading.Lock()  # guards the idle read connections
         self._queue: list[_Op] = []
         self._leading = False  # a leader runs, or a waiting writer was promoted to lead
         self._leader: int | None = None  # thread id of the leader while it runs a batch
@@ -299,20 +298,29 @@ class SQLiteSessionStore(SessionStore):
         self._forked_memory = self.in_memory
         self._init_runtime()
 
+    # The pool is a plain list: pop() and append() are atomic, so a read takes no lock here.
+    # close() sets _closed and then drains the list; a connection appended after the drain
+    # is found by the second look at _closed and closed by whoever holds it last.
     def _reader(self) -> sqlite3.Connection:
-        with self._plock:
-            if self._closed:
-                raise RuntimeError(_CLOSED)
-            if self._idle:
-                return self._idle.pop()
-        conn = self._open()  # outside the lock: opening takes a while
+        if self._closed:
+            raise RuntimeError(_CLOSED)
+        try:
+            return self._idle.pop()
+        except IndexError:
+            pass
+        conn = self._open()
         conn.execute("PRAGMA query_only = 1")
         return conn
 
     def _release(self, conn: sqlite3.Connection) -> None:
-        with self._plock:
-            if not self._closed and len(self._idle) < _MAX_IDLE_READERS:
-                self._idle.append(conn)
+        idle = self._idle
+        if not self._closed and len(idle) < _MAX_IDLE_READERS:
+            idle.append(conn)
+            if not self._closed:
+                return
+            try:  # close() may have drained the list before our append
+                idle.remove(conn)
+            except ValueError:  # another reader took it; its release closes it
                 return
         conn.close()
 
@@ -735,10 +743,12 @@ class SQLiteSessionStore(SessionStore):
         if leader != get_ident():  # else: called from a mutate; the leader closes after its batch
             with self._wlock:  # waits for a batch in flight to commit
                 self._close_writer()
-        with self._plock:
-            idle, self._idle = self._idle, []
-        for conn in idle:
-            conn.close()
+        idle = self._idle
+        while idle:
+            try:
+                idle.pop().close()
+            except IndexError:  # a reader took the last one meanwhile; it closes it
+                break
 
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({self.path!r}, max_events={self.max_events})"
