@@ -165,17 +165,6 @@ def _orjson_default(obj: Any) -> Any:
     raise TypeError(f"Type is not JSON serializable: {type(obj).__name__}")
 
 
-def _orjson_error(exc: Exception) -> Exception:
-    msg = str(exc)
-    if "surrogates" in msg:
-        return ValueError(_SURROGATE)
-    if "Dict key must be str" in msg:
-        return TypeError("dict keys must be strings at every level")
-    if "Recursion limit" in msg:
-        return ValueError(_TOO_DEEP)
-    return TypeError(msg)
-
-
 if _orjson is not None:
     _dumps = _orjson.dumps
     _loads = _orjson.loads
@@ -186,10 +175,11 @@ if _orjson is not None:
     def encode_json_bytes(obj: Any) -> bytes:
         try:
             out = _dumps(obj, default=_orjson_default, option=_OPTS)
-        except _EncodeError as exc:
-            if "64-bit" in str(exc):  # a big int: the exact standard-library path
-                return _encode_std(obj)
-            raise _orjson_error(exc) from None
+        except _EncodeError:
+            # The standard-library path decides: it raises the clear error for what both
+            # refuse, and encodes what only orjson cannot (ints beyond 64 bits). No
+            # dependence on orjson's messages.
+            return _encode_std(obj)
         # orjson writes NaN/Infinity as null: when a null appears, check the value itself
         # (bytes.find, not `in`: `in` costs 3x as much on bytes here)
         if out.find(b"null") >= 0:
@@ -215,10 +205,8 @@ if _orjson is not None:
         merged.update(updates)
         try:
             out = _dumps(merged, default=_orjson_default, option=_OPTS)
-        except _EncodeError as exc:
-            if "64-bit" not in str(exc):
-                raise _orjson_error(exc) from None
-            out = _encode_std(merged)
+        except _EncodeError:
+            out = _encode_std(merged)  # as in encode_json_bytes: raises, or big ints
         new = out.decode()
         # Decoded text never holds NaN (JSON has no such literal), so only ``updates`` can
         # have put one there (written by orjson as null): check them when a null appears.
