@@ -110,6 +110,27 @@ class Nexus:
             wait their turn without holding one (default: three quarters of ``worker_threads``),
             so that one hung agent cannot take every worker; a deployment's own
             ``max_concurrency=`` wins.
+        max_json_depth: deepest nesting of arrays/objects accepted in a JSON request body
+            (API) and in MCP tool arguments; deeper is refused with 400 naming the limit.
+        allowed_hosts: ``Host`` header values the API and MCP answer (``"name"`` any port,
+            ``"name:port"``, ``"*.example.com"``, ``"*"`` = any); None: the loopback names
+            when bound to a loopback address, no check otherwise. Others get 421.
+        allowed_origins: ``Origin`` values accepted when the header is present
+            (``"https://app.example.com"``, ``"http://localhost:*"``, ``"*"``); None: the
+            request's own origin, plus the loopback origins when bound to loopback. Others get 403.
+        cors_origins: origins a browser may call the API from (Starlette's CORSMiddleware,
+            also accepted by the ``Origin`` check); None: no CORS headers at all.
+        forwarded_allow_ips: proxy addresses (or ``"*"``) whose ``X-Forwarded-For`` /
+            ``X-Forwarded-Proto`` are trusted for the client address (rate limit key);
+            None: forwarded headers are ignored.
+        max_connections: open connections per server (API, MCP); at the cap, the connection
+            that has waited longest for its request head is closed to make room, and
+            requests beyond it get 503 (uvicorn's ``limit_concurrency``).
+        max_header_bytes: largest request line + headers accepted; more gets 431.
+        header_timeout: seconds a connection has to send a complete request head after it
+            opens or its previous response ends; then it is closed (408 if it sent part of one).
+        body_timeout: seconds a request's body has to arrive once its head has; then 408.
+        keep_alive_timeout: seconds an idle keep-alive connection is kept open.
     """
 
     def __init__(
@@ -130,6 +151,16 @@ class Nexus:
         execution_timeout: float | None = 60.0,
         max_concurrency: int | None = None,
         title: str = "nexus_lab",
+        max_json_depth: int = 64,
+        allowed_hosts: list[str] | None = None,
+        allowed_origins: list[str] | None = None,
+        cors_origins: list[str] | None = None,
+        forwarded_allow_ips: list[str] | str | None = None,
+        max_connections: int = 1000,
+        max_header_bytes: int = 16 * 1024,
+        header_timeout: float = 10.0,
+        body_timeout: float = 30.0,
+        keep_alive_timeout: float = 5.0,
     ) -> None:
         self.api_port = _check_port("api_port", api_port)
         self.mcp_port = _check_port("mcp_port", mcp_port)
@@ -143,6 +174,17 @@ class Nexus:
             raise ConfigError("max_body_bytes must be a positive integer", field="max_body_bytes")
         self.max_body_bytes = max_body_bytes
         self.title = title
+        # HTTP hardening (checked when the servers start: platform/security.py HTTPPolicy)
+        self.max_json_depth = max_json_depth
+        self.allowed_hosts = allowed_hosts
+        self.allowed_origins = allowed_origins
+        self.cors_origins = cors_origins
+        self.forwarded_allow_ips = forwarded_allow_ips
+        self.max_connections = max_connections
+        self.max_header_bytes = max_header_bytes
+        self.header_timeout = header_timeout
+        self.body_timeout = body_timeout
+        self.keep_alive_timeout = keep_alive_timeout
         self.auth: ApiKeyAuth | None = ApiKeyAuth.from_config(api_keys) if self.enable_auth else None
         if api_keys is not None and not self.enable_auth:
             ApiKeyAuth.from_config(api_keys)  # still validate what was given
