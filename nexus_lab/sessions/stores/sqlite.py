@@ -479,7 +479,7 @@ class SQLiteSessionStore(SessionStore):
                 if logs or counts:
                     self._flush(conn, logs, trims, counts)
                 conn.execute("COMMIT")
-            else:
+            elif conn.in_transaction:  # (an I/O error may have rolled it back already)
                 conn.execute("ROLLBACK")
         except BaseException as exc:
             # nothing of this batch was committed: ops that had succeeded (or not run) fail too
