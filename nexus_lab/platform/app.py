@@ -47,7 +47,7 @@ from .deployment import (
     session_update,
     validate_name,
 )
-from .security import ApiKeyAuth, TokenBucketLimiter, validate_rate_limit
+from .security import ApiKeyAuth, RateLimiter, TokenBucketLimiter, validate_rate_limit
 from .server import Serving
 
 if TYPE_CHECKING:
@@ -96,6 +96,9 @@ class Nexus:
         enable_auth: require an API key on the API and on MCP over HTTP.
         enable_monitoring: record every call in :attr:`metrics` and serve ``/metrics``.
         rate_limit: requests per minute per principal, or None.
+        rate_limit_store: ``"redis://host:port/db"`` to share the rate limit through Redis
+            (every worker and host that uses the same server counts together); default:
+            a token bucket in this process.
         api_keys: ``{"key": "user-id"}``; defaults to ``$NEXUS_API_KEYS``.
         session_manager: the sessions used by ``session_id`` on every channel
             (an in-memory manager is created on first use when omitted).
@@ -150,6 +153,7 @@ class Nexus:
         worker_threads: int = 40,
         execution_timeout: float | None = 60.0,
         max_concurrency: int | None = None,
+        rate_limit_store: str | None = None,
         title: str = "nexus_lab",
         max_json_depth: int = 64,
         allowed_hosts: list[str] | None = None,
@@ -188,7 +192,16 @@ class Nexus:
         self.auth: ApiKeyAuth | None = ApiKeyAuth.from_config(api_keys) if self.enable_auth else None
         if api_keys is not None and not self.enable_auth:
             ApiKeyAuth.from_config(api_keys)  # still validate what was given
-        self.rate_limiter = TokenBucketLimiter(self.rate_limit) if self.rate_limit else None
+        self.rate_limit_store = rate_limit_store
+        self.rate_limiter: RateLimiter | None = None
+        if self.rate_limit and rate_limit_store is not None:
+            from .redis_limiter import RedisTokenBucketLimiter
+
+            self.rate_limiter = RedisTokenBucketLimiter(self.rate_limit, rate_limit_store)
+        elif self.rate_limit:
+            self.rate_limiter = TokenBucketLimiter(self.rate_limit)
+        elif rate_limit_store is not None:
+            raise ConfigError("rate_limit_store needs rate_limit=N as well", field="rate_limit_store")
         self._session_manager = session_manager
         self._owns_session_manager = False
         self._metrics: PerformanceMetrics | None = None

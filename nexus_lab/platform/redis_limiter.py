@@ -1,0 +1,204 @@
+"""A token bucket in Redis: one rate limit shared by every worker and host.
+
+``Nexus(rate_limit=N, rate_limit_store="redis://host:6379/0")`` (and
+``nexus serve --rate-limit-store``) uses :class:`RedisTokenBucketLimiter`
+instead of the in-process bucket, so N requests per minute per principal hold
+across all the processes and hosts that share the Redis server: N are allowed
+in all, then 429 with ``Retry-After``.
+
+* One Lua script per check: read the bucket, refill it by the time elapsed,
+  take a token, write it back, set its expiry. Redis runs a script atomically,
+  so two hosts can never both take the last token; the time is the Redis
+  server's (``TIME``), so hosts with skewed clocks agree.
+* The servers call :meth:`RedisTokenBucketLimiter.acheck` on their event loop
+  (``redis.asyncio``): no blocking call on the loop. :meth:`check` is the sync
+  twin for code that has no loop.
+* Redis unreachable: the check raises
+  :class:`~nexus_lab.errors.ServiceUnavailable` (HTTP 503) naming the server
+  (never its password). The limit fails closed: an outage must not turn into
+  unlimited traffic. The next check after Redis is back works again.
+
+Example::
+
+    limiter = RedisTokenBucketLimiter(100, "redis://127.0.0.1:6379/0")
+    limiter.check("alice")          # RateDecision(allowed=True, limit=100, remaining=99, ...)
+    await limiter.acheck("alice")   # the same, on an event loop
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from ..errors import ConfigError, ServiceUnavailable
+from .security import RateDecision, RateLimiter, validate_rate_limit
+
+__all__ = ["RedisTokenBucketLimiter", "redacted_url"]
+
+#: KEYS[1] the bucket; ARGV[1] capacity (tokens), ARGV[2] refill rate (tokens per second).
+#: Returns {allowed (0/1), tokens left (string), seconds until a token (string)}.
+_TAKE = """
+local cap = tonumber(ARGV[1])
+local rate = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local tokens = tonumber(b[1])
+local ts = tonumber(b[2])
+if tokens == nil or ts == nil then
+  tokens = cap
+  ts = now
+end
+if now > ts then
+  tokens = math.min(cap, tokens + (now - ts) * rate)
+end
+local allowed = 0
+local wait = 0
+if tokens >= 1 then
+  tokens = tokens - 1
+  allowed = 1
+else
+  wait = (1 - tokens) / rate
+end
+redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+redis.call('PEXPIRE', KEYS[1], math.ceil((cap / rate) * 1000) + 1000)
+return {allowed, tostring(tokens), tostring(wait)}
+"""
+
+
+def redacted_url(url: str) -> str:
+    """``url`` without its password, for messages and logs.
+
+    >>> redacted_url("redis://:s3cret@db:6379/0")
+    'redis://:***@db:6379/0'
+    """
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return urlunsplit((parts.scheme, f"{user}:***@{host}{port}", parts.path, parts.query, ""))
+
+
+class RedisTokenBucketLimiter(RateLimiter):
+    """``rate_per_minute`` requests per minute per principal, shared through Redis.
+
+    Buckets hold at most ``rate_per_minute`` tokens (the burst) and refill
+    continuously; keys are ``<prefix>ratelimit:<principal>`` and expire once a
+    bucket would be full again, so idle principals cost no memory.
+    """
+
+    def __init__(
+        self,
+        rate_per_minute: int,
+        url: str,
+        *,
+        prefix: str = "nexus:",
+        timeout: float = 2.0,
+    ) -> None:
+        self.limit = validate_rate_limit(rate_per_minute) or 0
+        if not self.limit:
+            raise ConfigError("rate_per_minute must be a positive integer", field="rate_limit")
+        if not isinstance(url, str) or urlsplit(url).scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"rate_limit_store must be a redis:// URL, got {url!r}", field="rate_limit_store"
+            )
+        try:
+            import redis  # noqa: F401
+        except ModuleNotFoundError:
+            raise ConfigError(
+                "the Redis rate limiter needs the redis package: pip install 'nexus-lab[redis]'",
+                field="rate_limit_store",
+            ) from None
+        self.url = url
+        self.shown_url = redacted_url(url)
+        self.prefix = prefix
+        self.timeout = float(timeout)
+        self._rate = self.limit / 60.0
+        self._sync: Any = None
+        self._async: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._lock = threading.Lock()
+
+    # -- clients -------------------------------------------------------------------
+    def _options(self) -> dict[str, Any]:
+        return {
+            "socket_connect_timeout": self.timeout,
+            "socket_timeout": self.timeout,
+            "health_check_interval": 10,
+            "retry_on_timeout": False,
+        }
+
+    def _script(self) -> Any:
+        if self._sync is None:
+            import redis
+
+            with self._lock:
+                if self._sync is None:
+                    client = redis.Redis.from_url(self.url, **self._options())
+                    self._sync = client.register_script(_TAKE)
+        return self._sync
+
+    def _ascript(self) -> Any:
+        loop = asyncio.get_running_loop()
+        script = self._async.get(loop)
+        if script is None:
+            import redis.asyncio
+
+            client = redis.asyncio.Redis.from_url(self.url, **self._options())
+            script = self._async[loop] = client.register_script(_TAKE)
+        return script
+
+    # -- checks --------------------------------------------------------------------
+    def _args(self, principal: str) -> tuple[list[str], list[Any]]:
+        return [f"{self.prefix}ratelimit:{principal}"], [self.limit, repr(self._rate)]
+
+    def _decision(self, reply: Any) -> RateDecision:
+        allowed, tokens, wait = int(reply[0]), float(reply[1]), float(reply[2])
+        return RateDecision(bool(allowed), self.limit, int(tokens), wait)
+
+    def _unavailable(self, exc: BaseException) -> ServiceUnavailable:
+        return ServiceUnavailable(
+            f"the shared rate limiter's Redis at {self.shown_url} is unavailable "
+            f"({type(exc).__name__}); retry shortly",
+            retry_after=1,
+        )
+
+    def check(self, principal: str) -> RateDecision:
+        """Take one token for ``principal`` (sync; blocks on Redis for one round trip)."""
+        import redis
+
+        keys, args = self._args(principal)
+        try:
+            return self._decision(self._script()(keys=keys, args=args))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    async def acheck(self, principal: str) -> RateDecision:
+        """Take one token for ``principal`` on the running event loop (what the servers call)."""
+        import redis
+
+        keys, args = self._args(principal)
+        try:
+            return self._decision(await self._ascript()(keys=keys, args=args))
+        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+            raise self._unavailable(exc) from None
+
+    def ping(self) -> bool:
+        """True when Redis answers (for ``health_check``)."""
+        try:
+            return bool(self._script().registered_client.ping())
+        except Exception:
+            return False
+
+    def close(self) -> None:
+        """Drop the connections (the sync pool; async pools close with their loops)."""
+        script, self._sync = self._sync, None
+        if script is not None:
+            script.registered_client.close()
+        self._async.clear()
+
+    def __repr__(self) -> str:
+        return f"RedisTokenBucketLimiter({self.limit}/min, {self.shown_url!r})"
