@@ -548,13 +548,27 @@ def _start_error(exc: BaseException) -> NoReturn:
     help="Session store, e.g. sqlite:///.nexus/sessions.db (replaces the app's).",
 )
 @click.option(
+    "--rate-limit-store",
+    default=None,
+    metavar="URL",
+    help="Share the app's rate limit through Redis, e.g. redis://127.0.0.1:6379/0.",
+)
+@click.option(
+    "--workers",
+    type=click.IntRange(1, 64),
+    default=1,
+    show_default=True,
+    help="Worker processes sharing the ports; needs shared state (--sessions redis://... and, "
+    "when the app rate-limits, --rate-limit-store).",
+)
+@click.option(
     "--log-level",
     type=click.Choice(["debug", "info", "warning", "error"]),
     default="info",
     show_default=True,
     help="Server log level (stderr).",
 )
-def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
+def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level, rate_limit_store, workers) -> None:
     """Serve APP_REF's HTTP API and MCP until Ctrl-C or SIGTERM.
 
     APP_REF is 'module:attr' or 'path/to/file.py:attr' naming a Nexus app or a
@@ -568,6 +582,9 @@ def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
         stream=sys.stderr,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    from .platform.server import inherited_sockets
+
+    sockets = inherited_sockets()  # set when this process is a worker of a supervisor
     with shutdown_signals() as stop:
         app = _load(app_ref)
         if host is not None:
@@ -578,11 +595,27 @@ def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
             app.mcp_port = mcp_port
         if sessions_url:
             _replace_sessions(app, sessions_url)
+        if rate_limit_store:
+            try:
+                app.use_rate_limit_store(rate_limit_store)
+            except Exception as exc:
+                raise CliError(f"--rate-limit-store: {exc}", EXIT_USAGE) from None
+        if workers > 1 and sockets is None:
+            _supervise(app, workers, stop, _worker_args(click.get_current_context()))
+            return
         try:
-            app.start(block=False)
+            app.start(block=False, sockets=sockets)
         except Exception as exc:
             _start_error(exc)
         names = ", ".join(sorted(app.deployments)) or "none"
+        if sockets is not None:  # a worker: the supervisor printed the URLs once
+            click.echo(f"worker {os.getpid()} serving {app_ref} (deployments: {names})")
+            sys.stdout.flush()
+            try:
+                app.wait(stop)
+            finally:
+                app.close()
+            return
         click.echo(f"nexus_lab serving {app_ref} (deployments: {names})")
         click.echo(f"API: {app.api_url}")
         click.echo(f"MCP: {app.mcp_url}")
@@ -595,6 +628,43 @@ def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level) -> None:
         finally:
             app.close()
     click.echo("stopped", err=True)
+
+
+def _supervise(app: Any, workers: int, stop: Any, argv: list[str]) -> None:
+    """``--workers N``: check the app can share its state, then run N worker processes."""
+    from .platform.server import run_workers
+
+    problems = app.shared_state_problems()
+    host, api_port, mcp_port = app.host, app.api_port, app.mcp_port
+    app.close()
+    if problems:
+        raise CliError(
+            f"--workers {workers} needs state shared by every worker, but " + "; and ".join(problems),
+            EXIT_USAGE,
+        )
+    # each worker runs this same command line with --workers 1, on the supervisor's sockets
+    worker_argv = [sys.executable, "-m", "nexus_lab.cli", *argv]
+    code = run_workers(worker_argv, workers, host, api_port, mcp_port, stop=stop, announce=click.echo)
+    sys.stdout.flush()
+    if code:
+        sys.exit(code)
+
+
+def _worker_args(ctx: click.Context) -> list[str]:
+    """This ``nexus serve`` command line as a worker runs it: every option given, but
+    no ports (workers inherit the sockets) and no ``--workers``."""
+    args = [ctx.info_name or "serve"]
+    for param in ctx.command.params:
+        value = ctx.params.get(param.name)
+        if isinstance(param, click.Argument):
+            args.append(str(value))
+        elif param.name not in ("workers", "api_port", "mcp_port", "host") and value is not None:
+            if isinstance(value, bool):
+                if value:
+                    args.append(param.opts[0])
+            else:
+                args.extend([param.opts[0], str(value)])
+    return args
 
 
 def _replace_sessions(app: Any, url: str) -> None:

@@ -192,16 +192,12 @@ class Nexus:
         self.auth: ApiKeyAuth | None = ApiKeyAuth.from_config(api_keys) if self.enable_auth else None
         if api_keys is not None and not self.enable_auth:
             ApiKeyAuth.from_config(api_keys)  # still validate what was given
-        self.rate_limit_store = rate_limit_store
+        self.rate_limit_store: str | None = None
         self.rate_limiter: RateLimiter | None = None
-        if self.rate_limit and rate_limit_store is not None:
-            from .redis_limiter import RedisTokenBucketLimiter
-
-            self.rate_limiter = RedisTokenBucketLimiter(self.rate_limit, rate_limit_store)
+        if rate_limit_store is not None:
+            self.use_rate_limit_store(rate_limit_store)
         elif self.rate_limit:
             self.rate_limiter = TokenBucketLimiter(self.rate_limit)
-        elif rate_limit_store is not None:
-            raise ConfigError("rate_limit_store needs rate_limit=N as well", field="rate_limit_store")
         self._session_manager = session_manager
         self._owns_session_manager = False
         self._metrics: PerformanceMetrics | None = None
@@ -730,14 +726,45 @@ class Nexus:
         """True once both servers accept connections, until :meth:`stop`."""
         return self._serving.is_running
 
-    def start(self, block: bool = True) -> None:
+    def start(self, block: bool = True, *, sockets: Any = None) -> None:
         """Serve the API and MCP.
 
         ``block=True`` (default) runs until Ctrl-C, SIGTERM or :meth:`stop`;
         ``block=False`` returns once both servers accept connections, leaving a
-        notebook kernel free.
+        notebook kernel free. ``sockets``: listening (API, MCP) sockets to serve
+        on instead of binding ``host``/ports (what a ``nexus serve --workers N``
+        worker inherits).
         """
-        self._serving.start(block)
+        self._serving.start(block, sockets=sockets)
+
+    def use_rate_limit_store(self, url: str) -> None:
+        """Share this platform's rate limit through the Redis at ``url`` (every worker and
+        host using it counts together). The platform must have ``rate_limit=N``."""
+        if not self.rate_limit:
+            raise ConfigError("a rate_limit_store needs rate_limit=N as well", field="rate_limit_store")
+        from .redis_limiter import RedisTokenBucketLimiter
+
+        self.rate_limiter = RedisTokenBucketLimiter(self.rate_limit, url)
+        self.rate_limit_store = url
+
+    def shared_state_problems(self) -> list[str]:
+        """Why this platform cannot run as several worker processes (empty: it can).
+
+        Sessions kept in one process's memory, or a rate limit counted per process,
+        would split between workers.
+        """
+        problems = []
+        manager = self.session_manager
+        if manager.store.name == "memory":
+            problems.append(
+                "its sessions live in one process's memory: pass --sessions redis://HOST:PORT/DB "
+                "(or sqlite:///FILE for workers on one host)"
+            )
+        if self.rate_limiter is not None and self.rate_limit_store is None:
+            problems.append(
+                "its rate limit would be counted per worker: pass --rate-limit-store redis://HOST:PORT/DB"
+            )
+        return problems
 
     def wait(self, stop: threading.Event | None = None) -> None:
         """Block until Ctrl-C, SIGTERM, :meth:`stop` from another thread (or ``stop`` is

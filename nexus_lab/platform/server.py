@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import os
 import signal
 import socket
 import threading
@@ -25,7 +26,7 @@ from ..errors import ConfigError, PortInUseError
 if TYPE_CHECKING:
     from .app import Nexus
 
-__all__ = ["Serving", "ServerGroup", "bind_socket", "shutdown_signals"]
+__all__ = ["Serving", "ServerGroup", "bind_socket", "inherited_sockets", "run_workers", "shutdown_signals"]
 
 #: The channels a platform serves (the CLI is a client of the API).
 _CHANNELS = ("api", "cli", "mcp")
@@ -120,13 +121,15 @@ class Serving:
             return "failed", f"the server stopped unexpectedly{': ' + reason if reason else ''}"
         return self._state, self._error
 
-    def start(self, block: bool = True) -> None:
+    def start(self, block: bool = True, *, sockets: tuple[socket.socket, socket.socket] | None = None) -> None:
+        """Serve; ``sockets`` are listening (API, MCP) sockets to serve on instead of binding
+        (a worker process of :func:`run_workers` inherits them from its supervisor)."""
         with self._lock:
             if self._group is not None and self._group.is_running:
                 if block:
                     raise RuntimeError("the platform is already running; call stop() first")
                 return
-            group = ServerGroup(self.app)
+            group = ServerGroup(self.app, sockets=sockets)
             self._group = group
         try:
             group.start()
@@ -157,8 +160,16 @@ class Serving:
 class ServerGroup:
     """The running servers of one :class:`~nexus_lab.Nexus`."""
 
-    def __init__(self, app: Nexus, *, log_level: str = "warning", startup_timeout: float = 30.0) -> None:
+    def __init__(
+        self,
+        app: Nexus,
+        *,
+        log_level: str = "warning",
+        startup_timeout: float = 30.0,
+        sockets: tuple[socket.socket, socket.socket] | None = None,
+    ) -> None:
         self.app = app
+        self._given_sockets = sockets
         self.log_level = log_level
         self.startup_timeout = startup_timeout
         self.api_url: str | None = None
@@ -201,12 +212,15 @@ class ServerGroup:
             ) from exc
 
         app = self.app
-        api_sock = bind_socket(app.host, app.api_port)
-        try:
-            mcp_sock = bind_socket(app.host, app.mcp_port)
-        except BaseException:
-            api_sock.close()
-            raise
+        if self._given_sockets is not None:
+            api_sock, mcp_sock = self._given_sockets
+        else:
+            api_sock = bind_socket(app.host, app.api_port)
+            try:
+                mcp_sock = bind_socket(app.host, app.mcp_port)
+            except BaseException:
+                api_sock.close()
+                raise
         self.api_url = _url(app.host, api_sock)
         self.mcp_url = _url(app.host, mcp_sock) + "/mcp"
         pairs = [(build_api_app(app), api_sock), (build_mcp_app(app), mcp_sock)]
@@ -320,3 +334,100 @@ def shutdown_signals() -> Iterator[threading.Event]:
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
+
+
+# ----------------------------------------------------------------------------- several workers
+#: Environment variable through which a supervisor hands its listening sockets to a worker.
+SOCKETS_ENV = "NEXUS_INHERITED_SOCKETS"
+
+
+def inherited_sockets() -> tuple[socket.socket, socket.socket] | None:
+    """The (API, MCP) listening sockets a :func:`run_workers` supervisor passed down, if any."""
+    value = os.environ.get(SOCKETS_ENV)
+    if not value:
+        return None
+    try:
+        api_fd, mcp_fd = (int(part) for part in value.split(","))
+    except ValueError:
+        raise ConfigError(f"{SOCKETS_ENV} must be 'API_FD,MCP_FD', got {value!r}", field=SOCKETS_ENV) from None
+    socks = []
+    for fd in (api_fd, mcp_fd):
+        sock = socket.socket(fileno=fd)
+        sock.setblocking(False)
+        socks.append(sock)
+    return socks[0], socks[1]
+
+
+def run_workers(
+    worker_argv: list[str],
+    workers: int,
+    host: str,
+    api_port: int,
+    mcp_port: int,
+    *,
+    stop: threading.Event,
+    announce: Any = print,
+    max_restarts: int = 10,
+) -> int:
+    """Serve with ``workers`` processes sharing one pair of listening sockets (pre-fork style).
+
+    This process binds the API and MCP sockets once and starts ``workers`` copies of
+    ``worker_argv`` (a ``nexus serve`` command line) that inherit them; the kernel
+    spreads connections over the workers. MCP runs stateless, so any worker answers
+    any request; sessions and rate limits must live in a shared store (Redis). A
+    worker that dies is started again (at most ``max_restarts`` times in all); on
+    ``stop`` (SIGINT/SIGTERM) every worker gets SIGTERM and finishes its in-flight
+    requests. Returns the exit code.
+
+    Example::
+
+        with shutdown_signals() as stop:
+            run_workers(["nexus", "serve", "app.py:app", "--sessions", url], 4,
+                        "127.0.0.1", 8000, 3001, stop=stop)
+    """
+    import subprocess
+
+    api_sock = bind_socket(host, api_port)
+    try:
+        mcp_sock = bind_socket(host, mcp_port)
+    except BaseException:
+        api_sock.close()
+        raise
+    fds = (api_sock.fileno(), mcp_sock.fileno())
+    env = dict(os.environ, **{SOCKETS_ENV: f"{fds[0]},{fds[1]}"})
+
+    def spawn() -> subprocess.Popen:
+        return subprocess.Popen(worker_argv, pass_fds=fds, env=env)
+
+    procs = [spawn() for _ in range(workers)]
+    announce(f"API: {_url(host, api_sock)}")
+    announce(f"MCP: {_url(host, mcp_sock)}/mcp")
+    announce(f"workers: {workers} (pids {', '.join(str(p.pid) for p in procs)})")
+    restarts = 0
+    code = 0
+    try:
+        while not stop.wait(0.2):
+            for i, proc in enumerate(procs):
+                if proc.poll() is None:
+                    continue
+                if restarts >= max_restarts:
+                    logger.error("worker %s exited with %s; too many restarts, stopping", proc.pid, proc.returncode)
+                    code = 1
+                    stop.set()
+                    break
+                restarts += 1
+                logger.warning("worker %s exited with %s; starting another", proc.pid, proc.returncode)
+                procs[i] = spawn()
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(30)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        api_sock.close()
+        mcp_sock.close()
+    return code
