@@ -686,7 +686,8 @@ class Nexus:
 
         ``status`` is ``healthy`` when nothing is wrong (serving, or not started
         yet), ``stopped`` after :meth:`stop`, and ``degraded`` when a channel's
-        server failed or died.
+        server failed or died, or a shared store a call needs (Redis sessions, a
+        Redis rate limit) does not answer; ``problems`` then says which.
 
         >>> app.health_check()["status"]
         'healthy'
@@ -694,6 +695,18 @@ class Nexus:
         channels = self.channel_status()
         states = {s["state"] for s in channels.values()}
         status = "degraded" if "failed" in states else "stopped" if "stopped" in states else "healthy"
+        problems: list[str] = []
+        # the shared services a call may need: checked now (a round trip each), so call this
+        # off the event loop (the /health endpoint runs it in a worker thread)
+        manager = self._session_manager
+        store_ok = getattr(manager, "store_healthy", None)
+        if store_ok is not None and not store_ok():
+            problems.append(f"the session store ({manager.store.name}) is unreachable")
+        ping = getattr(self.rate_limiter, "ping", None)
+        if ping is not None and not ping():
+            problems.append("the shared rate limiter's Redis is unreachable")
+        if problems and status == "healthy":
+            status = "degraded"
         health: dict[str, Any] = {
             "status": status,
             "channels": channels,
@@ -703,8 +716,10 @@ class Nexus:
             "monitoring": self.enable_monitoring,
             "uptime_seconds": round(time.time() - self.started_at, 3),
         }
-        if self._session_manager is not None:
-            m = self._session_manager.get_session_metrics()
+        if problems:
+            health["problems"] = problems
+        elif manager is not None:
+            m = manager.get_session_metrics()
             health["sessions"] = {"active": m.get("active_sessions"), "store": m.get("store")}
         return health
 
