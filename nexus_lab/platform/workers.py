@@ -168,10 +168,8 @@ class WorkerPool:
 
     def _work(self) -> None:
         get = self._queue.get
-        while True:
-            item = get()
-            if item is None:
-                return
+        item = get()
+        while item is not None:
             completions, future, fn, key = item
             if not future.done():  # a caller that gave up before its turn: skip the call
                 try:
@@ -182,14 +180,17 @@ class WorkerPool:
                 del value
             del item, future, fn
             if key is not None:
-                following = self._next_of(key)
-                if following is not None:
-                    self._submit(following)
+                # the next call waiting for this key's slot runs here at once: no queue,
+                # no wake-up of another thread (under load a key's calls run back to back)
+                item = self._next_of(key)
+                if item is not None:
+                    continue
             with self._lock:  # a surplus thread (started for an abandoned call) leaves
                 if len(self._threads) > self.max_workers + self._abandoned and not self._closed:
                     self._threads.remove(threading.current_thread())
                     return
             self._idle.release()
+            item = get()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the workers once the calls already queued are done (idempotent)."""
