@@ -19,8 +19,11 @@ Example::
     # asyncio server runs its calls in worker threads):
     NexusSessionManager(store="sqlite:///sessions.db")
 
-``SQLiteSessionStore`` is imported on first use, so that importing this
-package does not load ``sqlite3``.
+    # shared by processes on several hosts (pip install 'nexus-lab[redis]'):
+    NexusSessionManager(store="redis://localhost:6379/0")
+
+``SQLiteSessionStore`` and ``RedisSessionStore`` are imported on first use, so
+that importing this package loads neither ``sqlite3`` nor redis-py.
 """
 
 from __future__ import annotations
@@ -33,6 +36,7 @@ from .stores import SessionStore, open_store
 from .stores.memory import MemorySessionStore
 
 if TYPE_CHECKING:  # pragma: no cover
+    from .stores.redis import RedisSessionStore
     from .stores.sqlite import SQLiteSessionStore
 
 __all__ = [
@@ -43,6 +47,7 @@ __all__ = [
     "SessionStore",
     "MemorySessionStore",
     "SQLiteSessionStore",
+    "RedisSessionStore",
     "open_store",
 ]
 
@@ -52,4 +57,8 @@ def __getattr__(name: str) -> Any:
         from .stores.sqlite import SQLiteSessionStore
 
         return SQLiteSessionStore
+    if name == "RedisSessionStore":
+        from .stores.redis import RedisSessionStore
+
+        return RedisSessionStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

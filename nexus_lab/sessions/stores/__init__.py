@@ -1,7 +1,7 @@
 """Session stores: where ``NexusSessionManager`` keeps sessions.
 
-A store is small on purpose so that another backend (Redis, next) is a
-single file. It keeps :class:`~nexus_lab.sessions.models.SessionRecord`
+A store is small on purpose so that another backend is a single file
+(``redis.py`` is one). It keeps :class:`~nexus_lab.sessions.models.SessionRecord`
 objects, whose state is JSON text, plus a bounded event log per session and a
 few shared counters. Every mutating call is atomic, and the counters it
 touches change in the same transaction, so several processes sharing one
@@ -15,7 +15,8 @@ Built-in stores, chosen with :func:`open_store`:
 ``"sqlite:////abs/path.db"``       three slashes then the path (four for absolute)
 ``"sqlite:///:memory:"``           SQLite in memory (one process)
 ``Path("x.db")``, ``"x.db"``       SQLite file at that path (``.db``, ``.sqlite``, ``.sqlite3``)
-``"redis://..."``                  the Redis store, installed with ``nexus-lab[redis]``
+``"redis://host:port/db"``         :class:`RedisSessionStore` (``pip install 'nexus-lab[redis]'``);
+``"rediss://..."``, ``"unix://..."``  also TLS and a Unix socket; ``?prefix=app1:`` sets the key prefix
 a ``SessionStore`` instance        used as is
 =================================  ==================================================
 
@@ -65,12 +66,14 @@ from ..models import SessionEvent, SessionRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from .memory import MemorySessionStore
+    from .redis import RedisSessionStore
     from .sqlite import SQLiteSessionStore
 
 __all__ = [
     "SessionStore",
     "MemorySessionStore",
     "SQLiteSessionStore",
+    "RedisSessionStore",
     "open_store",
     "COUNTER_CREATED",
     "COUNTER_DELETED",
@@ -85,7 +88,10 @@ CHANNEL_PREFIX = "channel:"
 
 T = TypeVar("T")
 
-SUPPORTED = "None or 'memory://', 'sqlite:///path/to.db' (or a path ending in .db), 'sqlite:///:memory:', 'redis://host:port/db'"
+SUPPORTED = (
+    "None or 'memory://', 'sqlite:///path/to.db' (or a path ending in .db), 'sqlite:///:memory:', "
+    "'redis://host:port/db', 'rediss://host:port/db', 'unix:///path/to/redis.sock?db=N'"
+)
 
 
 class SessionStore(ABC):
@@ -257,23 +263,19 @@ def open_store(
 
 
 def _open_redis(url: str, max_events: int) -> SessionStore:
-    import importlib
-
     try:
-        module = importlib.import_module(f"{__name__}.redis")
+        from .redis import RedisSessionStore
     except ModuleNotFoundError as exc:
-        if exc.name == f"{__name__}.redis":
-            raise ConfigError(
-                f"The Redis session store ({url.split('://', 1)[0]}://) is not available in this "
-                "version of nexus_lab; it comes with the redis extra (pip install 'nexus-lab[redis]'). "
-                "Use 'sqlite:///path/to.db' to share sessions between processes meanwhile.",
-                field="store",
-            ) from None
+        # only when redis-py itself is missing; any other import error is a real bug: raise it
+        if exc.name != "redis" and not (exc.name or "").startswith("redis."):
+            raise
         raise ConfigError(
-            f"The Redis session store needs the redis package: pip install 'nexus-lab[redis]' ({exc})",
+            f"The Redis session store ({url.split('://', 1)[0]}://) needs the redis package, "
+            "which is not installed: pip install 'nexus-lab[redis]'. Or use "
+            "'sqlite:///path/to.db' to share sessions between processes on one host.",
             field="store",
-        ) from exc
-    return module.RedisSessionStore.from_url(url, max_events=max_events)
+        ) from None
+    return RedisSessionStore.from_url(url, max_events=max_events)
 
 
 def __getattr__(name: str) -> Any:
@@ -285,4 +287,8 @@ def __getattr__(name: str) -> Any:
         from .sqlite import SQLiteSessionStore
 
         return SQLiteSessionStore
+    if name == "RedisSessionStore":  # imports redis-py: only when asked for
+        from .redis import RedisSessionStore
+
+        return RedisSessionStore
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

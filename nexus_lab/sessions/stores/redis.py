@@ -1,0 +1,688 @@
+"""Redis session store: sessions on a Redis server, shared by processes and hosts.
+
+For several servers (or uvicorn workers on several hosts) sharing one set of
+sessions. Needs redis-py (``pip install 'nexus-lab[redis]'``) and a Redis
+server (5.0 or newer; tested with 7.0).
+
+Keys, under a prefix (default ``nexus:``) so several apps can share one server:
+
+==============================  ===============================================================
+``{prefix}s:{session_id}``      hash: the record (user, times, ttl, metadata, channels,
+                                writers, state) and ``v``, the token of the last write
+``{prefix}e:{session_id}``      list: the last ``max_events`` events (``RPUSH`` + ``LTRIM``)
+``{prefix}u:{user_id}``         sorted set: the user's session ids by ``created_at``
+``{prefix}x``                   sorted set: every session id by ``expires_at``
+                                (``delete_expired`` and ``list(None)`` read a range of it;
+                                ``count()`` is its ``ZCARD``, O(1))
+``{prefix}n``                   hash: the counters (``get_session_metrics``)
+``{prefix}t:{token}``           a one-minute marker that makes a retried delete/incr count once
+==============================  ===============================================================
+
+How it keeps the :class:`~nexus_lab.sessions.stores.SessionStore` contract:
+
+* **Atomic read-modify-write.** ``update`` reads the hash (one ``HGETALL``),
+  runs ``mutate`` here, and writes the record, its event, the expiry index and
+  the counters in ONE Lua script, which Redis runs atomically. The script
+  first checks that ``v`` is still the token read (optimistic concurrency):
+  if another writer came in between, nothing is written and ``update`` reads
+  again and calls ``mutate`` again (the interface allows it). Writers of one
+  process take turns per session (striped locks) before they reach Redis, so
+  only writers in other processes ever cause a retry.
+* **Exactly once across connection retries.** Every write carries a fresh
+  random token. redis-py retries a command once when a connection breaks
+  (e.g. after a server restart); if the first attempt had in fact been
+  applied and only its reply was lost, the script sees its own token and
+  reports success without applying it twice.
+* **Expiry.** ``expires_at`` (the caller's clock) decides what is visible,
+  exactly as in the other stores. The session's keys also carry a Redis TTL
+  of ``expires_at - now + expiry_grace`` seconds, renewed by every write, so
+  Redis reclaims an abandoned session by itself even if no cleanup ever
+  runs. It is set relative to ``now`` (``PEXPIRE``, not ``PEXPIREAT``) so
+  that the Redis host's clock, or a test's fake clock, cannot make a live
+  session vanish early. The grace lets ``delete_expired`` still find and
+  count most expired sessions; an index entry whose session Redis already
+  reclaimed is dropped (and counted) by ``delete_expired`` or, for a user's
+  set, the next time that user's sessions are listed.
+* **No keyspace scans.** Listing a user's sessions reads that user's sorted
+  set; ``delete_expired`` reads a range of ``{prefix}x`` (in chunks, so no
+  single script holds the server for long). Nothing runs ``KEYS`` or ``SCAN``.
+* **Failures.** When Redis is unreachable, stops mid-call or does not answer
+  within ``socket_timeout``, every call raises
+  :class:`~nexus_lab.errors.ServiceUnavailable` (HTTP 503) naming the URL
+  (never its password) and what failed; a write is one script, so it was
+  applied whole or not at all (after a timeout, the caller cannot know
+  which). Nothing needs restarting: the connection pool reconnects on the
+  next call. :meth:`RedisSessionStore.ping` tells whether Redis answers now.
+
+What a crash loses depends on the server's persistence settings (the store
+cannot choose them; ``redis-cli CONFIG GET appendonly`` shows them):
+
+=============================================  =================================================
+``--save "" --appendonly no``                   everything, on any restart: a cache, not a store
+``save 3600 1 300 100 60 10000`` (the default)  every write since the last RDB snapshot (minutes)
+``--appendonly yes --appendfsync everysec``     a Redis crash (even ``kill -9``): nothing
+                                                acknowledged (the AOF ``write`` comes before the
+                                                reply, unless a slow disk makes Redis postpone it
+                                                by up to 2 s); an OS crash or power cut: about
+                                                the last second of writes
+``--appendonly yes --appendfsync always``       nothing acknowledged, even on power loss, at one
+                                                fsync per write
+=============================================  =================================================
+
+Use ``maxmemory-policy noeviction`` (the default): an evicting policy would
+drop live sessions when memory runs short. Redis Cluster is not supported
+(the scripts touch keys of several hash slots).
+
+``blocking`` is ``True``: the platform runs every call in its worker
+threads, never on the event loop.
+
+Example::
+
+    from nexus_lab.sessions import NexusSessionManager
+
+    manager = NexusSessionManager(store="redis://localhost:6379/0")
+    manager = NexusSessionManager(store="redis://:secret@redis.internal:6379/2?prefix=app1:")
+    manager = NexusSessionManager(store="unix:///run/redis/redis.sock?db=1")
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
+from urllib.parse import parse_qsl, urlencode, urlsplit
+
+import redis
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
+from redis.retry import Retry
+
+from ...errors import ConfigError, ServiceUnavailable, SessionNotFound
+from ..models import SessionEvent, SessionRecord, decode_json, encode_json
+from . import COUNTER_CREATED, COUNTER_DELETED, COUNTER_EXPIRED, SessionStore
+
+__all__ = ["RedisSessionStore"]
+
+T = TypeVar("T")
+
+_CLOSED = "RedisSessionStore is closed"
+_NESTED = (
+    "a RedisSessionStore write was called from inside a mutate function; mutate must only "
+    "change the record it is given (nothing was written)"
+)
+_STRIPES = 256  # per-process locks that make writers of one session take turns (power of 2)
+_MAX_ATTEMPTS = 100  # optimistic retries of one update before giving up (503)
+_MARKER_MS = 60_000  # how long a delete/incr token is remembered (covers any client retry)
+_EXPIRE_CHUNK = 500  # sessions removed per delete_expired script: keeps each script short
+
+# Record fields in the hash. Numbers are stored as Python reprs: Lua's tonumber reads them
+# back exactly (a float repr round-trips through strtod), and ints stay ints.
+_FIELDS = ("u", "c", "a", "e", "t", "m", "ch", "w", "s", "v")
+
+# KEYS: hash, events, expiry zset, counters, user zset
+# ARGV: prefix, sid, now, ttl_ms, token, u, c, a, e, t, m, ch, w, s, event, max_events,
+#       then counter name/increment pairs
+_CREATE = f"""
+local cur = redis.call('HMGET', KEYS[1], 'v', 'e', 'u')
+if cur[1] then
+  if cur[1] == ARGV[5] then return 1 end  -- our own create, retried after a lost reply
+  if tonumber(cur[2]) > tonumber(ARGV[3]) then return 0 end  -- a live session has the id
+  redis.call('ZREM', ARGV[1] .. 'u:' .. cur[3], ARGV[2])
+  redis.call('DEL', KEYS[1], KEYS[2])
+  redis.call('HINCRBY', KEYS[4], '{COUNTER_EXPIRED}', 1)
+elseif redis.call('ZSCORE', KEYS[3], ARGV[2]) then
+  -- expired and already reclaimed by its Redis TTL: replaced, counted as the others do
+  redis.call('DEL', KEYS[2])
+  redis.call('HINCRBY', KEYS[4], '{COUNTER_EXPIRED}', 1)
+end
+local ms = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'u', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'e', ARGV[9],
+  't', ARGV[10], 'm', ARGV[11], 'ch', ARGV[12], 'w', ARGV[13], 's', ARGV[14], 'v', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ms)
+redis.call('ZADD', KEYS[3], ARGV[9], ARGV[2])
+redis.call('ZADD', KEYS[5], ARGV[7], ARGV[2])
+if redis.call('PTTL', KEYS[5]) < ms then redis.call('PEXPIRE', KEYS[5], ms) end
+local n = tonumber(ARGV[16])
+if ARGV[15] ~= '' and n > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[15])
+  redis.call('LTRIM', KEYS[2], -n, -1)
+  redis.call('PEXPIRE', KEYS[2], ms)
+end
+redis.call('HINCRBY', KEYS[4], '{COUNTER_CREATED}', 1)
+for i = 17, #ARGV, 2 do redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: hash, events, expiry zset, counters, user zset
+# ARGV: token read, new token, sid, ttl_ms, a, e, t, m, ch, w, s, event, max_events, pairs...
+_COMMIT = """
+local cur = redis.call('HGET', KEYS[1], 'v')
+if cur ~= ARGV[1] then
+  if cur == ARGV[2] then return 1 end  -- our own write, retried after a lost reply
+  return 0  -- changed (or deleted) since we read it: the caller reads again
+end
+local ms = tonumber(ARGV[4])
+redis.call('HSET', KEYS[1], 'a', ARGV[5], 'e', ARGV[6], 't', ARGV[7], 'm', ARGV[8],
+  'ch', ARGV[9], 'w', ARGV[10], 's', ARGV[11], 'v', ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ms)
+redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
+if redis.call('PTTL', KEYS[5]) < ms then redis.call('PEXPIRE', KEYS[5], ms) end
+local n = tonumber(ARGV[13])
+if ARGV[12] ~= '' and n > 0 then
+  redis.call('RPUSH', KEYS[2], ARGV[12])
+  redis.call('LTRIM', KEYS[2], -n, -1)
+end
+redis.call('PEXPIRE', KEYS[2], ms)
+for i = 14, #ARGV, 2 do redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1]) end
+return 1
+"""
+
+# KEYS: hash, events, expiry zset, counters, marker; ARGV: prefix, sid, now
+_DELETE = f"""
+if redis.call('EXISTS', KEYS[5]) == 1 then return 1 end  -- retried after a lost reply
+local f = redis.call('HMGET', KEYS[1], 'e', 'u')
+if not f[1] or tonumber(f[1]) <= tonumber(ARGV[3]) then return 0 end
+redis.call('DEL', KEYS[1], KEYS[2])
+redis.call('ZREM', KEYS[3], ARGV[2])
+redis.call('ZREM', ARGV[1] .. 'u:' .. f[2], ARGV[2])
+redis.call('HINCRBY', KEYS[4], '{COUNTER_DELETED}', 1)
+redis.call('SET', KEYS[5], '1', 'PX', {_MARKER_MS})
+return 1
+"""
+
+# KEYS: expiry zset, counters; ARGV: prefix, now, chunk -> {removed, ids looked at}
+_EXPIRE = f"""
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local n = 0
+for _, sid in ipairs(ids) do
+  local key = ARGV[1] .. 's:' .. sid
+  local f = redis.call('HMGET', key, 'u', 'e')
+  if f[2] and tonumber(f[2]) > tonumber(ARGV[2]) then
+    redis.call('ZADD', KEYS[1], f[2], sid)  -- the index lagged the record: repair it
+  else
+    if f[1] then redis.call('ZREM', ARGV[1] .. 'u:' .. f[1], sid) end
+    redis.call('DEL', key, ARGV[1] .. 'e:' .. sid)
+    redis.call('ZREM', KEYS[1], sid)
+    n = n + 1
+  end
+end
+if n > 0 then redis.call('HINCRBY', KEYS[2], '{COUNTER_EXPIRED}', n) end
+return {{n, #ids}}
+"""
+
+# KEYS: counters, marker; ARGV: name, n
+_INCR = f"""
+if redis.call('SET', KEYS[2], '1', 'NX', 'PX', {_MARKER_MS}) then
+  redis.call('HINCRBY', KEYS[1], ARGV[1], ARGV[2])
+end
+return 1
+"""
+
+# KEYS: user zset; ARGV: prefix, user, sid... -> drops ids whose record is gone or now
+# belongs to another user (checked here, atomically: a session re-created meanwhile stays)
+_PRUNE = """
+local n = 0
+for i = 3, #ARGV do
+  local u = redis.call('HGET', ARGV[1] .. 's:' .. ARGV[i], 'u')
+  if u ~= ARGV[2] then
+    redis.call('ZREM', KEYS[1], ARGV[i])
+    n = n + 1
+  end
+end
+return n
+"""
+
+
+def _num(text: str) -> float:
+    """A number stored by :func:`_text`: ints come back as ints, floats exactly."""
+    return int(text) if text.lstrip("-").isdigit() else float(text)
+
+
+def _text(value: float) -> str:
+    # repr: the shortest text that reads back as the same float (str() is the same in py3,
+    # but repr says why): Lua's tonumber and Redis' sorted-set scores parse it exactly.
+    return repr(value)
+
+
+def _record(session_id: str, h: Mapping[str, str]) -> SessionRecord:
+    t = h["t"]
+    return SessionRecord(
+        session_id,
+        h["u"],
+        _num(h["c"]),
+        _num(h["a"]),
+        _num(h["e"]),
+        _num(t) if t else None,
+        h["m"],
+        decode_json(h["ch"]),
+        {k: (v[0], v[1]) for k, v in decode_json(h["w"]).items()},  # JSON has no tuples
+        h["s"],
+    )
+
+
+def _event_text(event: SessionEvent | None) -> str:
+    if event is None:
+        return ""
+    return encode_json([event.timestamp, event.channel, event.action, list(event.keys)])
+
+
+def _event(text: str) -> SessionEvent:
+    ts, channel, action, keys = decode_json(text)
+    return SessionEvent(ts, channel, action, tuple(keys))
+
+
+def _token() -> str:
+    return os.urandom(9).hex()  # 72 random bits: unique per write, so no ABA on ``v``
+
+
+def redact_url(url: str) -> str:
+    """``url`` without its password (user info and ``password=`` query values become ``***``).
+
+    Example::
+
+        redact_url("redis://:s3cret@cache:6379/0")   # 'redis://***@cache:6379/0'
+    """
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return "<unparseable Redis URL>"
+    netloc = parts.netloc
+    if "@" in netloc:
+        netloc = "***@" + netloc.rsplit("@", 1)[1]
+    query = parts.query
+    if query:
+        pairs = parse_qsl(query, keep_blank_values=True)
+        query = "?" + urlencode(
+            [(k, "***" if k.lower() in ("password", "username") else v) for k, v in pairs],
+            safe="*:/",
+        )
+    # not urlunsplit: it writes 'unix:/path' for an empty host, which redis-py refuses
+    return f"{parts.scheme}://{netloc}{parts.path}{query}"
+
+
+_STORES: weakref.WeakSet[RedisSessionStore] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # a lock held by a parent thread at fork time would stay held forever in the child
+    for store in list(_STORES):
+        store._stripes = [threading.Lock() for _ in range(_STRIPES)]
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+class RedisSessionStore(SessionStore):
+    """Sessions on a Redis server (see the module docs for the key layout and guarantees).
+
+    Parameters:
+        url: ``redis://[[user]:password@]host:port/db``, ``rediss://...`` (TLS) or
+            ``unix:///path/to/redis.sock?db=N``. A ``prefix=`` query value sets
+            ``key_prefix``; redis-py's own query options (``socket_timeout=``...)
+            override the arguments below.
+        max_events: events kept per session.
+        key_prefix: prepended to every key, so several apps can share a server.
+        socket_timeout, socket_connect_timeout: seconds before a call to a dead or
+            hung server fails with ``ServiceUnavailable`` (each is tried at most twice).
+        health_check_interval: seconds a pooled connection may sit idle before it is
+            checked with a ``PING`` on its next use (a restarted server is noticed
+            before the command goes out).
+        expiry_grace: seconds Redis keeps a session's keys past its ``expires_at``
+            before reclaiming them itself.
+
+    Example::
+
+        store = RedisSessionStore("redis://localhost:6379/0", key_prefix="chat:")
+        with NexusSessionManager(store=store) as manager:
+            sid = manager.create_session("u1").session_id
+        store.ping()   # True while Redis answers
+        store.close()
+    """
+
+    name = "redis"
+    blocking = True  # every call is a network round trip: keep it off event loops
+
+    def __init__(
+        self,
+        url: str = "redis://localhost:6379/0",
+        *,
+        max_events: int = 100,
+        key_prefix: str = "nexus:",
+        socket_timeout: float = 1.0,
+        socket_connect_timeout: float = 1.0,
+        health_check_interval: float = 15.0,
+        expiry_grace: float = 60.0,
+    ) -> None:
+        if not isinstance(url, str):
+            raise TypeError(f"url must be a string, not {type(url).__name__}")
+        url = url.strip()
+        scheme = url.split("://", 1)[0].lower() if "://" in url else ""
+        if scheme not in ("redis", "rediss", "unix"):
+            raise ConfigError(
+                f"Bad Redis URL {redact_url(url)!r}: use 'redis://host:port/db', "
+                "'rediss://host:port/db' (TLS) or 'unix:///path/to/redis.sock?db=N'",
+                field="store",
+            )
+        base, _, qs = url.partition("?")
+        query = parse_qsl(qs, keep_blank_values=True)
+        for key, value in query:
+            if key == "prefix":
+                key_prefix = value
+        query = [(k, v) for k, v in query if k != "prefix"]  # ours, not a redis-py option
+        client_url = base + ("?" + urlencode(query) if query else "")
+        if not isinstance(key_prefix, str):
+            raise TypeError(f"key_prefix must be a string, not {type(key_prefix).__name__}")
+        if expiry_grace < 0:
+            raise ValueError(f"expiry_grace must be >= 0 seconds, got {expiry_grace!r}")
+        self.url = redact_url(url)  # what messages and reprs show: never the password
+        self.key_prefix = key_prefix
+        self.max_events = max_events
+        self.expiry_grace = float(expiry_grace)
+        self._closed = False
+        self._stripes = [threading.Lock() for _ in range(_STRIPES)]
+        self._local = threading.local()  # .mutating: this thread runs a mutate of ours
+        try:
+            self._client: redis.Redis = redis.Redis.from_url(
+                client_url,
+                decode_responses=True,  # every text we store is valid UTF-8 (the codec says so)
+                protocol=2,  # RESP2: plain replies, works with any Redis-compatible server
+                socket_timeout=socket_timeout,
+                socket_connect_timeout=socket_connect_timeout,
+                health_check_interval=health_check_interval,
+                # One quick retry on a broken connection or a timeout (e.g. after a server
+                # restart); not redis-py's default of 10, so a dead server fails fast. Retried
+                # writes are applied once: see the tokens in the scripts.
+                retry=Retry(ExponentialBackoff(cap=0.1, base=0.02), 1),
+            )
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"Bad Redis URL {self.url!r}: {exc}", field="store") from None
+        reg = self._client.register_script  # registered locally; loaded on first use
+        self._create = reg(_CREATE)
+        self._commit = reg(_COMMIT)
+        self._delete = reg(_DELETE)
+        self._expire = reg(_EXPIRE)
+        self._incr = reg(_INCR)
+        self._prune = reg(_PRUNE)
+        p = key_prefix
+        self._x = p + "x"
+        self._n = p + "n"
+        self._hgetall = self._client.hgetall
+        _STORES.add(self)
+
+    @classmethod
+    def from_url(cls, url: str, *, max_events: int = 100, **kwargs: Any) -> RedisSessionStore:
+        """The store for ``url``, as :func:`~nexus_lab.sessions.stores.open_store` opens it.
+
+        Example::
+
+            store = RedisSessionStore.from_url("redis://localhost:6379/0?prefix=app1:")
+        """
+        return cls(url, max_events=max_events, **kwargs)
+
+    # -- helpers
+    def _unavailable(self, what: str, exc: BaseException) -> ServiceUnavailable:
+        msg = f"Redis session store at {self.url}: {what} failed ({type(exc).__name__}: {exc})"
+        if isinstance(exc, RedisTimeoutError) and what.startswith(("update", "create", "delete")):
+            msg += "; Redis did not answer in time, so the write may or may not have been applied"
+        return ServiceUnavailable(msg, retry_after=1.0)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise RuntimeError(_CLOSED)
+
+    def _check_write(self) -> None:
+        if self._closed:
+            raise RuntimeError(_CLOSED)
+        if getattr(self._local, "mutating", False):
+            # refused, as SQLite does: the same session's stripe lock is held (a deadlock)
+            raise RuntimeError(_NESTED)
+
+    def _ttl_ms(self, expires_at: float, now: float) -> int:
+        # relative to the caller's clock (see the module docs): remaining life plus the grace
+        return max(1, int((max(0.0, expires_at - now) + self.expiry_grace) * 1000) + 1)
+
+    @staticmethod
+    def _pairs(args: list[Any], incr: Mapping[str, int] | None) -> list[Any]:
+        if incr:
+            for name, n in incr.items():
+                args.append(name)
+                args.append(int(n))
+        return args
+
+    # -- SessionStore: writes
+    def create(
+        self,
+        record: SessionRecord,
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> bool:
+        self._check_write()
+        p = self.key_prefix
+        sid = record.session_id
+        args = self._pairs(
+            [
+                p,
+                sid,
+                _text(now),
+                self._ttl_ms(record.expires_at, now),
+                _token(),
+                record.user_id,
+                _text(record.created_at),
+                _text(record.last_accessed),
+                _text(record.expires_at),
+                "" if record.ttl is None else _text(record.ttl),
+                record.metadata_json,
+                encode_json(record.channels),
+                encode_json(record.writers),
+                record.state_json,
+                _event_text(event),
+                self.max_events,
+            ],
+            incr,
+        )
+        keys = [p + "s:" + sid, p + "e:" + sid, self._x, self._n, p + "u:" + record.user_id]
+        try:
+            return self._create(keys, args) == 1
+        except RedisError as exc:
+            raise self._unavailable(f"create of session {sid!r}", exc) from exc
+
+    def update(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], T],
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> T:
+        self._check_write()
+        p = self.key_prefix
+        key = p + "s:" + session_id
+        ekey = p + "e:" + session_id
+        local = self._local
+        # Writers of one session in this process take turns here: they would only make each
+        # other retry at Redis (each success invalidates every other writer's read).
+        with self._stripes[hash(session_id) & (_STRIPES - 1)]:
+            try:
+                for _ in range(_MAX_ATTEMPTS):
+                    h = self._hgetall(key)
+                    if not h or float(h["e"]) <= now:
+                        raise SessionNotFound(session_id)
+                    rec = _record(session_id, h)
+                    local.mutating = True
+                    try:
+                        result = mutate(rec)  # raises before changing rec, or changes it
+                    finally:
+                        local.mutating = False
+                    args = self._pairs(
+                        [
+                            h["v"],
+                            _token(),
+                            session_id,
+                            self._ttl_ms(rec.expires_at, now),
+                            _text(rec.last_accessed),
+                            _text(rec.expires_at),
+                            "" if rec.ttl is None else _text(rec.ttl),
+                            rec.metadata_json,
+                            encode_json(rec.channels),
+                            encode_json(rec.writers),
+                            rec.state_json,
+                            _event_text(event),  # after mutate: apply_session_update sets keys
+                            self.max_events,
+                        ],
+                        incr,
+                    )
+                    keys = [key, ekey, self._x, self._n, p + "u:" + h["u"]]
+                    if self._commit(keys, args) == 1:
+                        return result
+            except RedisError as exc:
+                raise self._unavailable(f"update of session {session_id!r}", exc) from exc
+        raise ServiceUnavailable(
+            f"Redis session store at {self.url}: session {session_id!r} changed under "
+            f"{_MAX_ATTEMPTS} consecutive update attempts (other processes writing it); "
+            "nothing was written",
+            retry_after=1.0,
+        )
+
+    def delete(self, session_id: str, now: float) -> bool:
+        self._check_write()
+        p = self.key_prefix
+        keys = [p + "s:" + session_id, p + "e:" + session_id, self._x, self._n, p + "t:" + _token()]
+        try:
+            return self._delete(keys, [p, session_id, _text(now)]) == 1
+        except RedisError as exc:
+            raise self._unavailable(f"delete of session {session_id!r}", exc) from exc
+
+    def delete_expired(self, now: float) -> int:
+        self._check_write()
+        total = 0
+        try:
+            while True:
+                removed, seen = self._expire(
+                    [self._x, self._n], [self.key_prefix, _text(now), _EXPIRE_CHUNK]
+                )
+                total += removed
+                if seen < _EXPIRE_CHUNK:
+                    return total
+        except RedisError as exc:
+            raise self._unavailable("delete_expired", exc) from exc
+
+    def incr(self, counter: str, n: int = 1) -> None:
+        self._check_write()
+        try:
+            self._incr([self._n, self.key_prefix + "t:" + _token()], [counter, int(n)])
+        except RedisError as exc:
+            raise self._unavailable(f"incr of counter {counter!r}", exc) from exc
+
+    # -- SessionStore: reads (pure: nothing written, except pruning a user's stale ids)
+    def get(self, session_id: str, now: float) -> SessionRecord | None:
+        self._check()
+        try:
+            h = self._hgetall(self.key_prefix + "s:" + session_id)
+        except RedisError as exc:
+            raise self._unavailable(f"read of session {session_id!r}", exc) from exc
+        if not h or float(h["e"]) <= now:
+            return None
+        return _record(session_id, h)
+
+    def _fetch(self, ids: list[str]) -> list[dict[str, str]]:
+        pipe = self._client.pipeline(transaction=False)
+        p = self.key_prefix
+        for sid in ids:
+            pipe.hgetall(p + "s:" + sid)
+        return pipe.execute()
+
+    def list(self, user_id: str | None, now: float) -> list[SessionRecord]:
+        self._check()
+        out: list[SessionRecord] = []
+        try:
+            if user_id is None:
+                ids = self._client.zrangebyscore(self._x, f"({_text(now)}", "+inf")
+                for sid, h in zip(ids, self._fetch(ids), strict=True):
+                    if h and float(h["e"]) > now:
+                        out.append(_record(sid, h))
+            else:
+                ukey = self.key_prefix + "u:" + user_id
+                ids = self._client.zrange(ukey, 0, -1)
+                stale: list[str] = []
+                for sid, h in zip(ids, self._fetch(ids), strict=True):
+                    if not h or h["u"] != user_id:
+                        stale.append(sid)  # reclaimed by its Redis TTL, deleted, or re-created
+                    elif float(h["e"]) > now:
+                        out.append(_record(sid, h))
+                    # An expired record still present stays indexed: another process's clock
+                    # may see it live; delete_expired removes it with its index entry.
+                if stale:
+                    self._prune([ukey], [self.key_prefix, user_id, *stale])
+        except RedisError as exc:
+            what = "list of all sessions" if user_id is None else f"list of {user_id!r}'s sessions"
+            raise self._unavailable(what, exc) from exc
+        out.sort(key=lambda r: (r.created_at, r.session_id))
+        return out
+
+    def events(self, session_id: str, now: float) -> list[SessionEvent]:
+        self._check()
+        if self.max_events <= 0:
+            return []
+        p = self.key_prefix
+        try:
+            pipe = self._client.pipeline(transaction=True)  # MULTI: liveness and rows together
+            pipe.hget(p + "s:" + session_id, "e")
+            pipe.lrange(p + "e:" + session_id, -self.max_events, -1)
+            expires, rows = pipe.execute()
+        except RedisError as exc:
+            raise self._unavailable(f"events of session {session_id!r}", exc) from exc
+        if expires is None or float(expires) <= now:
+            return []
+        return [_event(r) for r in rows]
+
+    def counters(self) -> dict[str, int]:
+        self._check()
+        try:
+            raw = self._client.hgetall(self._n)
+        except RedisError as exc:
+            raise self._unavailable("counters", exc) from exc
+        return {k: int(v) for k, v in raw.items()}
+
+    def count(self) -> int:
+        self._check()
+        try:
+            return int(self._client.zcard(self._x))
+        except RedisError as exc:
+            raise self._unavailable("count", exc) from exc
+
+    # -- health and lifecycle
+    def ping(self) -> bool:
+        """``True`` if Redis answers a ``PING`` now; never raises.
+
+        Example::
+
+            if not store.ping():
+                print("sessions unavailable: Redis is down")
+        """
+        if self._closed:
+            return False
+        try:
+            return bool(self._client.ping())
+        except RedisError:
+            return False
+
+    def close(self) -> None:
+        """Close the connection pool (idempotent). Later calls raise ``RuntimeError``."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self._client.close()
+        except RedisError:  # already gone: nothing to release
+            pass
+
+    def __repr__(self) -> str:
+        return (
+            f"RedisSessionStore({self.url!r}, key_prefix={self.key_prefix!r}, "
+            f"max_events={self.max_events})"
+        )
