@@ -743,6 +743,52 @@ def test_default_store_is_memory_and_passed_store_stays_open(clock):
         assert isinstance(m2.store, MemorySessionStore)
 
 
+def test_store_healthy_asks_the_store_and_never_raises(clock):
+    class Pinging(MemorySessionStore):
+        answer: object = True
+
+        def ping(self):
+            if isinstance(self.answer, Exception):
+                raise self.answer
+            return self.answer
+
+    with NexusSessionManager(cleanup_interval=300, clock=clock) as m:
+        assert not hasattr(m.store, "ping") and m.store_healthy() is True  # nothing to ask
+    store = Pinging()
+    with NexusSessionManager(cleanup_interval=300, store=store, clock=clock) as m:
+        assert m.store_healthy() is True
+        store.answer = False
+        assert m.store_healthy() is False
+        store.answer = ConnectionError("down")
+        assert m.store_healthy() is False
+
+
+def test_cleanup_thread_logs_an_unavailable_store_without_a_traceback(clock, caplog):
+    from nexus_lab.errors import ServiceUnavailable
+
+    second_round = threading.Event()  # set once the first round's failure has been logged
+
+    class Down(MemorySessionStore):
+        calls = 0
+
+        def delete_expired(self, now):
+            Down.calls += 1
+            if Down.calls == 2:
+                second_round.set()
+            raise ServiceUnavailable("Redis session store at redis://h:1/0: delete_expired failed")
+
+    with caplog.at_level(logging.WARNING, logger="nexus_lab.sessions.manager"):
+        m = NexusSessionManager(cleanup_interval=0.05, clock=clock, store=Down())
+    try:
+        with caplog.at_level(logging.WARNING, logger="nexus_lab.sessions.manager"):
+            assert second_round.wait(60)
+        assert "session cleanup skipped" in caplog.text and "delete_expired failed" in caplog.text
+        assert m._thread.is_alive()
+        assert all(r.exc_info is None for r in caplog.records if "skipped" in r.getMessage())
+    finally:
+        m.close()
+
+
 def test_two_managers_share_one_store(clock):
     store = MemorySessionStore()
     with (

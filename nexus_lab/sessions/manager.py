@@ -6,7 +6,7 @@ sliding expiry (every update, and every read that touches, moves
 per-session ttl override, a cleanup thread that actually runs, locks, deep
 copies on read, JSON and size validation on write, a bounded event log per
 session, O(1) metrics, and pluggable stores (memory, SQLite shared by
-processes, Redis later).
+processes, Redis shared by hosts).
 
 Design notes:
 
@@ -25,7 +25,10 @@ Design notes:
   asyncio server then runs them in worker threads, never on its event loop.
 * Metrics are counters the stores maintain in the same transaction as the
   change they count, so ``get_session_metrics`` never scans sessions and,
-  with the SQLite store, several processes see the same numbers.
+  with the SQLite or Redis store, several processes see the same numbers.
+* A store that depends on a server (Redis) raises ``ServiceUnavailable``
+  (HTTP 503) while the server is down; ``store_healthy()`` asks it without
+  raising, so a health check can report ``degraded``.
 """
 
 from __future__ import annotations
@@ -39,7 +42,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from ..errors import InputValidationError, SessionNotFound, SessionStateError
+from ..errors import InputValidationError, ServiceUnavailable, SessionNotFound, SessionStateError
 from .models import (
     Session,
     SessionEvent,
@@ -84,6 +87,8 @@ def _cleanup_loop(
             return
         try:
             manager.cleanup_expired_sessions()
+        except ServiceUnavailable as exc:  # e.g. Redis down: expected, no traceback every round
+            logger.warning("session cleanup skipped: %s", exc)
         except Exception:  # keep the thread alive; the next round may succeed
             logger.exception("session cleanup failed")
         finally:
@@ -137,8 +142,9 @@ class NexusSessionManager:
             update or touching read (sliding expiry; ``touch=False`` reads do
             not slide it).
         store: ``None``/``"memory://"`` (in-process), ``"sqlite:///path.db"``
-            or a path ending in ``.db`` (shared by processes), or a
-            :class:`SessionStore`. The manager closes stores it opened; a
+            or a path ending in ``.db`` (shared by processes),
+            ``"redis://host:port/db"`` (shared by hosts; ``rediss://``,
+            ``unix://`` too), or a :class:`SessionStore`. The manager closes stores it opened; a
             store object you pass in stays yours to close.
         max_state_bytes: limit of a session's state, as compact JSON.
         max_events: events kept per session (older ones drop off).
@@ -236,6 +242,24 @@ class NexusSessionManager:
                 session = manager.get_session(sid)
         """
         return self._store.blocking
+
+    def store_healthy(self) -> bool:
+        """Whether the store answers now: its ``ping()`` if it has one (Redis), else ``True``.
+
+        Never raises, so a health check can call it while the store's server is
+        down and report ``degraded`` instead of failing.
+
+        Example::
+
+            status = "healthy" if manager.store_healthy() else "degraded"
+        """
+        ping = getattr(self._store, "ping", None)
+        if ping is None:
+            return True
+        try:
+            return bool(ping())
+        except Exception:  # a third-party store's ping that raises means "not healthy"
+            return False
 
     @property
     def closed(self) -> bool:
