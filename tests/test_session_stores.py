@@ -1,7 +1,10 @@
 """Session stores: the SessionStore contract, open_store, and SQLite across threads and processes.
 
-SQLite tests use real files under tmp_path; the cross-process tests start
-real Python processes with subprocess.
+The contract tests run on every store kind of ``STORE_KINDS``: memory, SQLite
+(file and ``:memory:``) and Redis (a real redis-server started by the
+``redis_server`` fixture of conftest.py; Redis' own tests are in
+test_redis_store.py). SQLite tests use real files under tmp_path; the
+cross-process tests start real Python processes with subprocess.
 """
 
 from __future__ import annotations
@@ -37,24 +40,35 @@ def record(sid: str, user: str = "u", now: float = 1000.0, ttl: float = 100.0) -
     return SessionRecord(sid, user, now, now, now + ttl, None, "{}", [], {}, "{}")
 
 
-# Every store kind the contract tests run on; a Redis store joins by adding its kind here
-# (and a branch in make_store).
-STORE_KINDS = ["memory", "sqlite-file", "sqlite-memory"]
+# Every store kind the contract tests run on.
+STORE_KINDS = ["memory", "sqlite-file", "sqlite-memory", "redis"]
 
 
-def make_store(kind: str, tmp_path: Path, max_events: int = 10) -> SessionStore:
+def make_store(
+    kind: str, tmp_path: Path, max_events: int = 10, redis_url: str | None = None
+) -> SessionStore:
     if kind == "memory":
         return MemorySessionStore(max_events=max_events)
     if kind == "sqlite-file":
         return SQLiteSessionStore(tmp_path / "s.db", max_events=max_events)
     if kind == "sqlite-memory":
         return SQLiteSessionStore(":memory:", max_events=max_events)
+    if kind == "redis":
+        assert redis_url is not None, "the redis kind needs the redis_url fixture"
+        return open_store(redis_url, max_events=max_events)
     raise ValueError(kind)
 
 
-@pytest.fixture(params=STORE_KINDS)
+def _kind_param(kind: str):
+    return pytest.param(kind, marks=pytest.mark.redis) if kind == "redis" else kind
+
+
+@pytest.fixture(params=[_kind_param(k) for k in STORE_KINDS])
 def store(request, tmp_path):
-    s = make_store(request.param, tmp_path)
+    # the redis_url fixture (a flushed database) only for the redis kind: the other kinds
+    # must run, and not skip, on a machine without redis-server
+    url = request.getfixturevalue("redis_url") if request.param == "redis" else None
+    s = make_store(request.param, tmp_path, redis_url=url)
     yield s
     s.close()
 
@@ -267,13 +281,27 @@ def test_open_store_wrong_type():
         open_store(42)
 
 
-@pytest.mark.skipif(
-    importlib.util.find_spec("nexus_lab.sessions.stores.redis") is not None,
-    reason="the Redis store exists now; its own tests cover it",
-)
-def test_open_store_redis_explains_the_extra():
-    with pytest.raises(ValueError, match=r"nexus-lab\[redis\]"):
-        open_store("redis://localhost:6379/0")
+def test_open_store_redis_explains_the_extra_only_without_redis_py():
+    """Without redis-py, a redis:// store is a ConfigError naming the extra (in a child
+    process where ``import redis`` fails); with it, open_store builds the store."""
+    script = (
+        "import sys; sys.modules['redis'] = None\n"  # as if redis-py were not installed
+        "from nexus_lab.errors import ConfigError\n"
+        "from nexus_lab.sessions import open_store\n"
+        "try:\n"
+        "    open_store('redis://localhost:6379/0')\n"
+        "except ConfigError as exc:\n"
+        "    print(exc)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, env=_env(), timeout=120
+    )
+    assert out.returncode == 0, out.stderr
+    assert "pip install 'nexus-lab[redis]'" in out.stdout and "not installed" in out.stdout
+    if importlib.util.find_spec("redis") is not None:  # here: no error, and no connection yet
+        store = open_store("redis://localhost:1/0", max_events=7)
+        assert store.name == "redis" and store.max_events == 7
+        store.close()
 
 
 def test_manager_accepts_store_urls_and_paths(tmp_path):
@@ -382,9 +410,13 @@ def test_sqlite_manager_behaviour(tmp_path):
         assert metrics["store"] == "sqlite"
 
 
-@pytest.mark.parametrize("kind", ["memory", "sqlite"])
-def test_thread_concurrency_on_each_store(kind, tmp_path):
-    store = None if kind == "memory" else f"sqlite:///{tmp_path / 't.db'}"
+@pytest.mark.parametrize("kind", ["memory", "sqlite", pytest.param("redis", marks=pytest.mark.redis)])
+def test_thread_concurrency_on_each_store(kind, tmp_path, request):
+    store = {
+        "memory": lambda: None,
+        "sqlite": lambda: f"sqlite:///{tmp_path / 't.db'}",
+        "redis": lambda: request.getfixturevalue("redis_url"),
+    }[kind]()
     with NexusSessionManager(cleanup_interval=0.05, store=store) as m:
         s = m.create_session("u")
         barrier = threading.Barrier(8)
@@ -557,6 +589,14 @@ def _file_version(store: SessionStore) -> tuple[int, int] | None:
         outside.close()
 
 
+def _redis_changes(store: SessionStore) -> int | None:
+    """Writes the Redis server applied since it started (``rdb_changes_since_last_save``
+    grows with every write and never with a read: the fixture's server never saves), or None."""
+    if store.name != "redis":
+        return None
+    return store._client.info("persistence")["rdb_changes_since_last_save"]
+
+
 def test_store_blocking_flag(store, manager):
     assert store.blocking is (not isinstance(store, MemorySessionStore))
     assert manager.blocking is store.blocking
@@ -575,6 +615,7 @@ def test_read_without_touch_writes_nothing(store, manager, clock):
         store.count(),
     )
     version = _file_version(store)
+    redis_changes = _redis_changes(store)
     outside = None
     if version is not None:  # a connection that stays open across the reads, as another
         outside = sqlite3.connect(store.path)  # process would; data_version is per connection
@@ -607,6 +648,8 @@ def test_read_without_touch_writes_nothing(store, manager, clock):
         assert _file_version(store) == version  # no commit, no change on the store's connection
         assert outside.execute("PRAGMA data_version").fetchone()[0] == outside_version
         outside.close()
+    if redis_changes is not None:
+        assert _redis_changes(store) == redis_changes  # no write reached Redis
     # the pure read's session expires on its old schedule: nothing slid it
     clock.now += 60
     assert manager.get_session(sid, touch=False) is None
