@@ -40,6 +40,10 @@ __all__ = [
     "Forbidden",
     "NotFound",
     "PayloadTooLarge",
+    "UnsupportedMediaType",
+    "MisdirectedRequest",
+    "HeadersTooLarge",
+    "RequestTimeout",
     "MethodNotAllowed",
     "HTTPError",
     "InternalError",
@@ -248,6 +252,39 @@ class PayloadTooLarge(NexusError):
 
     http_status = 413
     error_type = "payload_too_large"
+
+
+class UnsupportedMediaType(NexusError):
+    """A request body that is not declared ``application/json`` (HTTP 415).
+
+    Refusing other types keeps a web page on another origin from posting to the
+    API with a "simple" (``text/plain``, form) request that skips the browser's
+    CORS preflight.
+    """
+
+    http_status = 415
+    error_type = "unsupported_media_type"
+
+
+class MisdirectedRequest(NexusError):
+    """A ``Host`` header this server does not answer for (HTTP 421): a DNS-rebinding guard."""
+
+    http_status = 421
+    error_type = "misdirected_request"
+
+
+class HeadersTooLarge(NexusError):
+    """Request line and headers over the platform's ``max_header_bytes`` (HTTP 431)."""
+
+    http_status = 431
+    error_type = "headers_too_large"
+
+
+class RequestTimeout(NexusError):
+    """The client did not send its request head or body in time (HTTP 408)."""
+
+    http_status = 408
+    error_type = "request_timeout"
 
 
 class MethodNotAllowed(NexusError):
