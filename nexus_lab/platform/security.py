@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import os
 import threading
 import time
@@ -31,6 +32,10 @@ __all__ = [
     "TokenBucketLimiter",
     "validate_rate_limit",
     "API_KEYS_ENV",
+    "HTTPPolicy",
+    "HostPattern",
+    "OriginPattern",
+    "is_loopback",
 ]
 
 #: Environment variable holding ``key:user,key2:user2`` (a bare key is its own user,
@@ -210,3 +215,254 @@ class TokenBucketLimiter(RateLimiter):
     def reset(self) -> None:
         with self._lock:
             self._buckets.clear()
+
+
+# ----------------------------------------------------------------------------- HTTP front
+#: Host names that reach this machine only: the default ``allowed_hosts`` of a loopback bind.
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "[::1]")
+#: JSON deeper than this cannot be configured: CPython's decoder recurses once per level.
+MAX_JSON_DEPTH_LIMIT = 512
+
+_DEFAULT_PORTS = {"http": "80", "https": "443"}
+
+
+def is_loopback(host: str) -> bool:
+    """Whether binding ``host`` makes a server reachable from this machine only.
+
+    >>> is_loopback("127.0.0.1"), is_loopback("::1"), is_loopback("0.0.0.0")
+    (True, True, False)
+    """
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def split_host(value: str) -> tuple[str, str | None]:
+    """``"Example.com:8000"`` -> ``("example.com", "8000")``; ``"[::1]"`` -> ``("[::1]", None)``."""
+    value = value.strip().lower()
+    if value.startswith("["):
+        end = value.find("]")
+        if end < 0:
+            return value, None
+        rest = value[end + 1 :]
+        return value[: end + 1], (rest[1:] if rest.startswith(":") else rest or None)
+    if ":" in value:
+        name, _, port = value.rpartition(":")
+        return name, port
+    return value, None
+
+
+def _host_name(host: str) -> str:
+    """A bind address as it appears in a ``Host`` header (IPv6 in brackets)."""
+    host = host.strip().lower()
+    if ":" in host and not host.startswith("["):
+        return f"[{host}]"
+    return host
+
+
+@dataclass(frozen=True)
+class HostPattern:
+    """One ``allowed_hosts`` entry: ``name`` (any port), ``name:port``, ``name:*``,
+    ``*.example.com`` (any subdomain) or ``*`` (anything)."""
+
+    name: str
+    port: str | None  # None: any port, or none
+
+    @classmethod
+    def parse(cls, text: str) -> HostPattern:
+        if text.strip() == "*":
+            return cls("*", None)
+        name, port = split_host(text)
+        if not name or (port is not None and port != "*" and not port.isdigit()):
+            raise ConfigError(
+                f"allowed_hosts entry {text!r} is not 'name', 'name:port', 'name:*', "
+                "'*.domain' or '*'",
+                field="allowed_hosts",
+            )
+        return cls(name, None if port == "*" else port)
+
+    def matches(self, name: str, port: str | None) -> bool:
+        if self.name == "*":
+            return True
+        if self.name.startswith("*."):
+            ok = name.endswith(self.name[1:])
+        else:
+            ok = name == self.name
+        return ok and (self.port is None or self.port == port)
+
+
+@dataclass(frozen=True)
+class OriginPattern:
+    """One ``allowed_origins`` / ``cors_origins`` entry: ``scheme://host[:port]``,
+    ``scheme://host:*`` (any port) or ``*``."""
+
+    scheme: str
+    host: HostPattern
+
+    @classmethod
+    def parse(cls, text: str, field: str) -> OriginPattern:
+        if text.strip() == "*":
+            return cls("*", HostPattern("*", None))
+        scheme, sep, rest = text.strip().lower().partition("://")
+        if not sep or not scheme or not rest or "/" in rest:
+            raise ConfigError(
+                f"{field} entry {text!r} is not an origin such as 'https://app.example.com', "
+                "'http://localhost:*' or '*' (no path)",
+                field=field,
+            )
+        host = HostPattern.parse(rest)
+        if host.port is None and not rest.endswith(":*"):  # 'https://x' means x's default port
+            host = HostPattern(host.name, _DEFAULT_PORTS.get(scheme))
+        return cls(scheme, host)
+
+    def matches(self, scheme: str, name: str, port: str | None) -> bool:
+        if self.scheme == "*":
+            return True
+        return scheme == self.scheme and self.host.matches(name, port or _DEFAULT_PORTS.get(scheme))
+
+
+def _text_list(value: Any, field: str) -> list[str] | None:
+    """None, or a list of non-empty strings (a comma-separated string is split)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if not isinstance(value, (list, tuple, set, frozenset)) or not all(
+        isinstance(v, str) and v.strip() for v in value
+    ):
+        raise ConfigError(
+            f"{field} must be a list of non-empty strings (or None), got {value!r}", field=field
+        )
+    return [v.strip() for v in value]
+
+
+def _positive(value: Any, field: str, *, integer: bool = False, minimum: float = 0) -> Any:
+    kinds = (int,) if integer else (int, float)
+    if isinstance(value, bool) or not isinstance(value, kinds) or not minimum < value < float("inf"):
+        what = "an integer" if integer else "a number of seconds"
+        raise ConfigError(f"{field} must be {what} above {minimum:g}, got {value!r}", field=field)
+    return value
+
+
+@dataclass(frozen=True)
+class HTTPPolicy:
+    """What the HTTP front of one platform (API and MCP) accepts, checked once at start.
+
+    Built from the platform's options by :meth:`of`, which raises
+    :class:`~nexus_lab.errors.ConfigError` naming a bad one. ``hosts`` is None
+    when the ``Host`` header is not checked (a non-loopback bind without
+    ``allowed_hosts``); an ``Origin`` header, when present, must be the
+    request's own origin or match ``origins``.
+
+    Example::
+
+        policy = HTTPPolicy.of(Nexus(allowed_hosts=["api.example.com"]))
+        policy.host_allowed("api.example.com:443")    # True
+        policy.host_allowed("evil.example")           # False
+    """
+
+    max_json_depth: int = 64
+    hosts: tuple[HostPattern, ...] | None = None
+    origins: tuple[OriginPattern, ...] = ()
+    cors_origins: tuple[str, ...] = ()
+    forwarded_allow_ips: tuple[str, ...] | None = None
+    max_connections: int = 1000
+    max_header_bytes: int = 16 * 1024
+    header_timeout: float = 10.0
+    body_timeout: float = 30.0
+    keep_alive_timeout: float = 5.0
+
+    @classmethod
+    def of(cls, app: Any) -> HTTPPolicy:
+        """The checked policy of ``app`` (a :class:`~nexus_lab.Nexus`; its ``host`` as it is now)."""
+        depth = _positive(getattr(app, "max_json_depth", 64), "max_json_depth", integer=True)
+        if depth > MAX_JSON_DEPTH_LIMIT:
+            raise ConfigError(
+                f"max_json_depth must be at most {MAX_JSON_DEPTH_LIMIT}, got {depth}",
+                field="max_json_depth",
+            )
+        bind = str(getattr(app, "host", "127.0.0.1"))
+        loopback = is_loopback(bind)
+        # the address api_url shows (0.0.0.0 is shown as 127.0.0.1): the platform's own tools use it
+        own = "127.0.0.1" if bind in ("0.0.0.0", "::") else _host_name(bind)
+        hosts_given = _text_list(getattr(app, "allowed_hosts", None), "allowed_hosts")
+        hosts: tuple[HostPattern, ...] | None
+        if hosts_given is None:
+            hosts = tuple(HostPattern(n, None) for n in dict.fromkeys((own, *LOOPBACK_HOSTS))) if loopback else None
+        elif "*" in hosts_given:
+            hosts = None
+        else:
+            hosts = tuple(HostPattern.parse(h) for h in (*hosts_given, own))
+        origins_given = _text_list(getattr(app, "allowed_origins", None), "allowed_origins")
+        cors = _text_list(getattr(app, "cors_origins", None), "cors_origins") or []
+        origins = [OriginPattern.parse(o, "cors_origins") for o in cors]
+        if origins_given is not None:
+            origins += [OriginPattern.parse(o, "allowed_origins") for o in origins_given]
+        elif loopback:
+            origins += [
+                OriginPattern(s, HostPattern(n, None))
+                for n in dict.fromkeys((own, *LOOPBACK_HOSTS))
+                for s in ("http", "https")
+            ]
+        forwarded = _text_list(getattr(app, "forwarded_allow_ips", None), "forwarded_allow_ips")
+        for entry in forwarded or ():
+            if entry == "*":
+                continue
+            try:
+                ipaddress.ip_network(entry, strict=False)
+            except ValueError:
+                raise ConfigError(
+                    f"forwarded_allow_ips entry {entry!r} is not an IP address, a network "
+                    "(10.0.0.0/8) or '*'",
+                    field="forwarded_allow_ips",
+                ) from None
+        return cls(
+            max_json_depth=depth,
+            hosts=hosts,
+            origins=tuple(origins),
+            cors_origins=tuple(cors),
+            forwarded_allow_ips=tuple(forwarded) if forwarded else None,
+            max_connections=_positive(
+                getattr(app, "max_connections", 1000), "max_connections", integer=True
+            ),
+            max_header_bytes=_positive(
+                getattr(app, "max_header_bytes", 16 * 1024), "max_header_bytes", integer=True,
+                minimum=255,
+            ),
+            header_timeout=_positive(getattr(app, "header_timeout", 10.0), "header_timeout"),
+            body_timeout=_positive(getattr(app, "body_timeout", 30.0), "body_timeout"),
+            keep_alive_timeout=_positive(
+                getattr(app, "keep_alive_timeout", 5.0), "keep_alive_timeout"
+            ),
+        )
+
+    def host_allowed(self, host: str | None) -> bool:
+        """Whether a request with this ``Host`` header is answered (always, without a check)."""
+        if self.hosts is None:
+            return True
+        if not host:
+            return False
+        name, port = split_host(host)
+        if port is not None and not port.isdigit():
+            return False
+        return any(p.matches(name, port) for p in self.hosts)
+
+    def origin_allowed(self, origin: str, host: str | None) -> bool:
+        """Whether a request carrying ``Origin: origin`` (to ``Host: host``) is answered.
+
+        The request's own origin (same host and port) always is; ``null``
+        (sandboxed frames, files) only through a ``*`` entry.
+        """
+        scheme, sep, rest = origin.strip().lower().partition("://")
+        if not sep or not rest or "/" in rest:
+            return any(p.scheme == "*" for p in self.origins)
+        name, port = split_host(rest)
+        port = port or _DEFAULT_PORTS.get(scheme)
+        if host:
+            host_name, host_port = split_host(host)
+            if host_name == name and (host_port or _DEFAULT_PORTS.get(scheme)) == port:
+                return True
+        return any(p.matches(scheme, name, port) for p in self.origins)
