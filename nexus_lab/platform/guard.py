@@ -18,15 +18,26 @@ the same way, so this module holds the one implementation, in layers:
   MCP app, always. On every HTTP request it first notes when the request
   arrived (``scope["nexus.started"]`` and the :data:`request_started` context
   variable), from which :meth:`Nexus.aexecute` measures ``execution_time_ms``;
-  then, when auth or a rate limit is on, it applies :func:`guard_request`,
-  answers 401/429 itself, leaves the principal in ``scope["nexus.principal"]``
-  and :data:`current_principal`, and adds the rate-limit headers to the
-  response. With both off it is a pass-through.
+  then it checks ``Host`` and ``Origin`` (:func:`check_host_origin`: 421/403,
+  against DNS rebinding and other sites' pages); then, when auth or a rate
+  limit is on, it applies :func:`guard_request`, answers 401/429 itself,
+  leaves the principal in ``scope["nexus.principal"]`` and
+  :data:`current_principal`, and adds the rate-limit headers to the response;
+* request bodies: :func:`require_json_body` (415 for anything but JSON) and
+  :func:`parse_json` (strict UTF-8, no NaN, nesting bounded by
+  ``max_json_depth`` before the parser recurses: 400 naming the limit);
+* below ASGI, :func:`uvicorn_options` gives uvicorn a protocol class with a
+  connection guard: request heads over ``max_header_bytes`` get 431, heads
+  and bodies that do not arrive within ``header_timeout`` / ``body_timeout``
+  get 408, and at ``max_connections`` the connection idle longest is closed
+  to make room (slowloris cannot lock ``/health`` out). It also keeps
+  ``X-Forwarded-For`` unbelieved unless ``forwarded_allow_ips`` names the proxy.
 
 How a request flows (API; MCP is the same with the SDK's app inside)::
 
-    uvicorn -> Starlette -> GuardMiddleware -> router -> endpoint -> Nexus.aexecute
-                            (started, principal)                     (started=...)
+    uvicorn (guarded protocol) -> Starlette -> GuardMiddleware -> router -> endpoint
+    (431, 408, connection cap)                 (started, Host/Origin,
+                                                principal)
 
 Policy: the rate-limit key is the authenticated user id, else the client
 address. A request whose key is missing or wrong is counted against its
@@ -47,12 +58,27 @@ from __future__ import annotations
 
 import contextvars
 import json
+import re
 import time
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
-from ..errors import AuthenticationError, InputValidationError, NexusError, RateLimitExceeded
+from ..errors import (
+    AuthenticationError,
+    BadRequest,
+    Forbidden,
+    HeadersTooLarge,
+    InputValidationError,
+    MisdirectedRequest,
+    NexusError,
+    RateLimitExceeded,
+    RequestTimeout,
+    ServiceUnavailable,
+    UnsupportedMediaType,
+)
+from .security import HTTPPolicy
 
 if TYPE_CHECKING:
     from starlette.responses import Response
@@ -68,6 +94,14 @@ __all__ = [
     "guard_request",
     "rate_key",
     "error_response",
+    "error_body",
+    "parse_json",
+    "unencodable_path",
+    "json_nesting_exceeds",
+    "nesting_exceeds",
+    "require_json_body",
+    "check_host_origin",
+    "uvicorn_options",
     "current_principal",
     "request_started",
     "PRINCIPAL_SCOPE_KEY",
@@ -99,6 +133,32 @@ _encode = json.JSONEncoder(ensure_ascii=False, separators=(",", ":"), default=st
 
 
 # ----------------------------------------------------------------------------- errors
+def error_body(exc: NexusError, *, jsonrpc: bool = False) -> bytes:
+    """The JSON bytes of ``exc`` as every channel writes it: ``{"error": exc.to_dict()}``.
+
+    A validation error with per-field details adds them as ``error.errors``;
+    ``jsonrpc=True`` wraps the same object as a JSON-RPC error (see
+    :func:`error_response`). Text UTF-8 cannot encode (a lone surrogate a
+    client sent, echoed in a field name) is written as a ``\\uXXXX`` escape
+    instead of failing the response.
+
+    >>> error_body(BadRequest("no"))
+    b'{"error":{"type":"bad_request","message":"no"}}'
+    """
+    error = exc.to_dict()
+    if isinstance(exc, InputValidationError) and exc.errors:
+        error["errors"] = exc.errors
+    body: dict[str, Any] = {"error": error}
+    if jsonrpc:
+        error["code"] = JSONRPC_INVALID_REQUEST
+        error["data"] = {"type": error["type"], "http_status": exc.http_status}
+        body = {"jsonrpc": "2.0", "id": None, "error": error}
+    try:
+        return _encode(body).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body, separators=(",", ":"), default=str).encode()
+
+
 def error_response(exc: NexusError, *, jsonrpc: bool = False) -> Response:
     """The HTTP response for ``exc``: its status, ``{"error": exc.to_dict()}``, its headers.
 
@@ -115,20 +175,175 @@ def error_response(exc: NexusError, *, jsonrpc: bool = False) -> Response:
     """
     from starlette.responses import Response
 
-    error = exc.to_dict()
-    if isinstance(exc, InputValidationError) and exc.errors:
-        error["errors"] = exc.errors
-    body: dict[str, Any] = {"error": error}
-    if jsonrpc:
-        error["code"] = JSONRPC_INVALID_REQUEST
-        error["data"] = {"type": error["type"], "http_status": exc.http_status}
-        body = {"jsonrpc": "2.0", "id": None, "error": error}
     return Response(
-        _encode(body).encode(),
+        error_body(exc, jsonrpc=jsonrpc),
         status_code=exc.http_status,
         headers=exc.headers or None,
         media_type=JSON_TYPE,
     )
+
+
+# ----------------------------------------------------------------------------- bodies
+_JSON_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_BRACKETS = bytes.maketrans(b"{}", b"[]")
+_NOT_BRACKETS = bytes(b for b in range(256) if b not in b"[]{}")
+
+
+def json_nesting_exceeds(body: bytes, limit: int) -> bool:
+    """Whether the JSON text ``body`` nests arrays/objects more than ``limit`` levels deep.
+
+    Decided on the bytes, before any parser recurses into them: a body with at
+    most ``limit`` brackets cannot be deeper (two C-speed counts, the usual
+    case); otherwise strings are cut out and matched bracket pairs peeled off,
+    one level per pass. Text that is not JSON at all is left to the parser to
+    name, unless its open brackets alone go deeper than ``limit``.
+
+    >>> json_nesting_exceeds(b'{"a": [[1]]}', 3), json_nesting_exceeds(b'{"a": [[1]]}', 2)
+    (False, True)
+    """
+    if body.count(b"[") + body.count(b"{") <= limit:
+        return False
+    brackets = _JSON_STRING.sub(b"", body).translate(_BRACKETS, _NOT_BRACKETS)
+    for level in range(limit):
+        if not brackets:
+            return False
+        shorter = brackets.replace(b"[]", b"")
+        if len(shorter) == len(brackets):  # unbalanced: ']]][[[' is left
+            return level + brackets.count(b"[") > limit
+        brackets = shorter
+    return bool(brackets)
+
+
+def nesting_exceeds(value: Any, limit: int) -> bool:
+    """Whether a decoded JSON value nests dicts/lists more than ``limit`` levels deep.
+
+    Iterative, so a value built deeper than the interpreter's recursion limit is
+    measured too (MCP tool arguments arrive decoded).
+
+    >>> nesting_exceeds({"a": [[1]]}, 3), nesting_exceeds({"a": [[1]]}, 2)
+    (False, True)
+    """
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        children = item.values() if isinstance(item, dict) else item
+        if not isinstance(item, (dict, list, tuple)):
+            continue
+        if depth > limit:
+            return True
+        stack.extend((c, depth + 1) for c in children if isinstance(c, (dict, list, tuple)))
+    return False
+
+
+def unencodable_path(value: Any) -> str | None:
+    """The path (``a.b[2]``) of the first string or key UTF-8 cannot encode, or None.
+
+    JSON's ``\\ud800`` escape is valid syntax for a lone surrogate, which no
+    store, log or response can encode; a channel that decodes JSON itself
+    refuses it naming where it was. Iterative, for any depth.
+
+    >>> unencodable_path({"a": ["ok", "\\ud800"]})
+    'a[1]'
+    """
+    stack: list[tuple[str, Any]] = [("", value)]
+    while stack:
+        path, item = stack.pop()
+        if isinstance(item, str):
+            if not item.isascii():
+                try:
+                    item.encode("utf-8")
+                except UnicodeEncodeError:
+                    return path
+        elif isinstance(item, dict):
+            for key, sub in item.items():
+                if isinstance(key, str) and unencodable_path(key) is not None:
+                    return f"{path}.{key!r}" if path else repr(key)
+                stack.append((f"{path}.{key}" if path else str(key), sub))
+        elif isinstance(item, list):
+            stack.extend((f"{path}[{i}]", sub) for i, sub in enumerate(item))
+    return None
+
+
+def too_deep(limit: int) -> BadRequest:
+    """The refusal of JSON nested deeper than ``limit`` (the platform's ``max_json_depth``)."""
+    return BadRequest(
+        f"JSON nested more than {limit} levels deep (the limit is max_json_depth={limit})"
+    )
+
+
+def parse_json(body: bytes, max_depth: int, *, envelope: int = 1) -> Any:
+    """Decode a JSON request body: strict UTF-8, nesting bounded, else 400 naming the problem.
+
+    ``max_depth`` bounds the values the body carries (inputs, metadata), which
+    sit ``envelope`` levels inside the body (1: ``{"inputs": {...}}``), so the
+    body as a whole may be ``max_depth + envelope`` levels deep.
+
+    UTF-8 is decoded strictly (RFC 8259): invalid bytes, a BOM or UTF-16 text
+    are refused rather than guessed at, and an encoded surrogate
+    (``ED A0 80``) cannot slip in as text. The ``\\ud800`` *escape* is valid
+    JSON; it decodes to a lone surrogate that the schema and the session
+    store refuse, naming the field.
+
+    >>> parse_json(b'{"inputs": {"a": 1}}', 64)
+    {'inputs': {'a': 1}}
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise BadRequest(
+            f"request body is not valid UTF-8 (byte {exc.start}: {exc.reason}); send JSON as UTF-8"
+        ) from None
+    if json_nesting_exceeds(body, max_depth + envelope):
+        raise too_deep(max_depth)
+    try:
+        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+    except RecursionError:  # a backstop: json_nesting_exceeds stops these first
+        raise too_deep(max_depth) from None
+    except ValueError as exc:
+        raise BadRequest(f"malformed JSON body: {exc}") from None
+
+
+def _not_json(name: str) -> Any:
+    """``NaN`` / ``Infinity``: Python's decoder takes them, JSON (RFC 8259) has no such values."""
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite(text: str) -> float:
+    """A JSON number as a float, refusing one too large for a double (``1e999`` would be inf)."""
+    value = float(text)
+    if value - value != 0.0:  # inf (NaN cannot be written as a JSON number)
+        raise ValueError(f"number {text[:40]} is too large")
+    return value
+
+
+def require_json_body(headers: Any) -> None:
+    """Refuse (415) a request that carries a body not declared ``application/json``.
+
+    A body is present when ``Content-Length`` is above 0 or the body is chunked.
+    ``application/*+json`` is JSON too; a ``charset`` other than UTF-8 is refused.
+    Browsers send "simple" cross-origin POSTs (``text/plain``, forms, or a body
+    without a type) without asking first, so this also stops such pages.
+    """
+    length = _header(headers, "content-length")
+    if (length is None or length.strip() in ("", "0")) and _header(headers, "transfer-encoding") is None:
+        return
+    declared = _header(headers, "content-type")
+    media, _, params = (declared or "").partition(";")
+    media = media.strip().lower()
+    if media != JSON_TYPE and not (media.startswith("application/") and media.endswith("+json")):
+        shown = f"{declared!r}" if declared else "none"
+        raise UnsupportedMediaType(
+            f"request bodies must be JSON sent as Content-Type: application/json (got {shown})"
+        )
+    for param in params.split(";"):
+        key, _, value = param.partition("=")
+        if key.strip().lower() == "charset" and value.strip().strip('"').lower() not in (
+            "utf-8",
+            "utf8",
+        ):
+            raise UnsupportedMediaType(
+                f"JSON must be UTF-8; Content-Type says charset={value.strip()!r}"
+            )
 
 
 # ----------------------------------------------------------------------------- policy
@@ -227,6 +442,26 @@ def guard_request(app: Nexus, headers: Mapping[str, str] | list, client: Any = N
     return GuardResult(principal, check_rate(app, rate_key(principal, client)))
 
 
+def check_host_origin(policy: HTTPPolicy, host: str | None, origin: str | None) -> None:
+    """Refuse a request to a ``Host`` this server does not answer (421) or from a foreign ``Origin`` (403).
+
+    The ``Host`` check stops DNS rebinding (a page whose name resolves to this
+    machine); the ``Origin`` check (only when the header is present: browsers
+    send it, other clients need not) stops pages of other sites from using a
+    browser as their client. See :class:`~nexus_lab.platform.security.HTTPPolicy`.
+    """
+    if not policy.host_allowed(host):
+        raise MisdirectedRequest(
+            f"this server does not answer for Host {host!r}; add it to the platform's "
+            "allowed_hosts if it is yours"
+        )
+    if origin is not None and not policy.origin_allowed(origin, host):
+        raise Forbidden(
+            f"requests from origin {origin!r} are not allowed; add it to the platform's "
+            "allowed_origins (or cors_origins) if it is yours"
+        )
+
+
 # ----------------------------------------------------------------------------- middleware
 class GuardMiddleware:
     """Pure-ASGI front of an app: request timing always, auth + rate limit when on.
@@ -250,6 +485,10 @@ class GuardMiddleware:
         self.nexus = nexus
         self.exempt = frozenset(exempt_paths)
         self.jsonrpc_errors = jsonrpc_errors
+        self.policy = HTTPPolicy.of(nexus)
+        # Host values already found allowed (most requests repeat one); bounded, since a
+        # client chooses what it sends
+        self._hosts_ok: set[bytes] = set()
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -260,6 +499,10 @@ class GuardMiddleware:
         # code that has no scope at hand (the MCP tool handler, inside the SDK).
         started = time.perf_counter()
         scope[STARTED_SCOPE_KEY] = started
+        refusal = self._front_door(scope)
+        if refusal is not None:
+            await error_response(refusal, jsonrpc=self.jsonrpc_errors)(scope, receive, send)
+            return
         started_token = request_started.set(started)
         try:
             nexus = self.nexus
@@ -269,6 +512,33 @@ class GuardMiddleware:
             await self._guarded(nexus, scope, receive, send)
         finally:
             request_started.reset(started_token)
+
+    def _front_door(self, scope: Scope) -> NexusError | None:
+        """The refusal of a request's ``Host`` / ``Origin`` (:func:`check_host_origin`), or None.
+
+        The usual request - an allowed ``Host`` seen before, no ``Origin`` - costs one
+        pass over the headers and a set lookup.
+        """
+        host = origin = None
+        hosts = 0
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value
+                hosts += 1
+            elif key == b"origin":
+                origin = value
+        if hosts > 1:  # which one would a proxy have routed by? refuse to guess
+            return BadRequest("a request must carry exactly one Host header")
+        if origin is None and (host in self._hosts_ok or self.policy.hosts is None):
+            return None
+        text = None if host is None else host.decode("latin-1")
+        try:
+            check_host_origin(self.policy, text, None if origin is None else origin.decode("latin-1"))
+        except NexusError as exc:
+            return exc
+        if host is not None and len(self._hosts_ok) < 256:
+            self._hosts_ok.add(host)
+        return None
 
     async def _guarded(self, nexus: Nexus, scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -297,3 +567,266 @@ def _adding_headers(send: Send, headers: Mapping[str, str]) -> Send:
         await send(message)
 
     return send_with_headers
+
+
+# ----------------------------------------------------------------------------- connections
+def uvicorn_options(app: Nexus, *, jsonrpc_errors: bool = False) -> dict[str, Any]:
+    """The ``uvicorn.Config`` keyword arguments that bound what one client can hold.
+
+    * ``http``: uvicorn's own HTTP protocol with the connection guard mixed in
+      (:class:`_ConnectionGuard`): the request-head size limit (431), the head
+      and body read deadlines (408) and the connection cap;
+    * ``limit_concurrency``: uvicorn answers 503 past it; the guard keeps the
+      open connections at ``max_connections`` (uvicorn counts the arriving
+      one too, hence the + 1), so this is the backstop for requests in flight;
+    * ``timeout_keep_alive``; ``h11_max_incomplete_event_size`` (the head
+      limit, should uvicorn run on h11);
+    * ``proxy_headers`` / ``forwarded_allow_ips``: ``X-Forwarded-For`` is
+      believed only from the proxies the platform names, never by default
+      (uvicorn's default trusts any local client, and its ``None`` reads
+      ``$FORWARDED_ALLOW_IPS``).
+
+    Raises :class:`~nexus_lab.errors.ConfigError` naming a bad option.
+
+    Example::
+
+        config = uvicorn.Config(asgi, **uvicorn_options(app))
+    """
+    policy = HTTPPolicy.of(app)
+    return {
+        "http": guarded_protocol(policy, jsonrpc_errors),
+        "limit_concurrency": policy.max_connections + 1,
+        "timeout_keep_alive": policy.keep_alive_timeout,
+        "h11_max_incomplete_event_size": policy.max_header_bytes,
+        "proxy_headers": policy.forwarded_allow_ips is not None,
+        "forwarded_allow_ips": list(policy.forwarded_allow_ips or ()),
+    }
+
+
+def guarded_protocol(policy: HTTPPolicy, jsonrpc_errors: bool = False) -> type:
+    """uvicorn's HTTP protocol class (httptools, else h11) with :class:`_ConnectionGuard` mixed in."""
+    from uvicorn.protocols.http.auto import AutoHTTPProtocol
+
+    return type(
+        "GuardedHTTPProtocol",
+        (_ConnectionGuard, AutoHTTPProtocol),
+        {"nexus_policy": policy, "nexus_jsonrpc": jsonrpc_errors},
+    )
+
+
+def _raw_response(exc: NexusError, jsonrpc: bool) -> bytes:
+    """``exc`` as a complete HTTP/1.1 response that closes the connection (written below ASGI)."""
+    body = error_body(exc, jsonrpc=jsonrpc)
+    head = [f"HTTP/1.1 {exc.http_status} {HTTPStatus(exc.http_status).phrase}"]
+    head += [f"{k}: {v}" for k, v in exc.headers.items()]
+    head += [
+        f"content-type: {JSON_TYPE}",
+        f"content-length: {len(body)}",
+        "connection: close",
+    ]
+    return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
+
+
+class _Tracker:
+    """The deadlines and the connection cap of one uvicorn server.
+
+    ``heads``: connections waiting for a request head, oldest first, with the
+    time they must have it by; ``bodies``: the same for requests whose body is
+    still arriving. Insertion order is deadline order (one timeout per table),
+    so one timer per server, run only while something waits, closes whatever
+    is due from the front. At the cap, the connection that has waited longest
+    for its head (an idle or slowloris one) is closed to make room, so that a
+    flood of connections that never send anything cannot lock real clients
+    (and ``/health``) out.
+    """
+
+    def __init__(self, policy: HTTPPolicy, loop: Any) -> None:
+        self.policy = policy
+        self.loop = loop
+        self.live: set[Any] = set()
+        self.heads: dict[Any, float] = {}
+        self.bodies: dict[Any, float] = {}
+        self._timer: Any = None
+        # the deadlines are kept to about a quarter of the shortest timeout
+        self._every = min(1.0, policy.header_timeout / 4, policy.body_timeout / 4)
+
+    def _arm(self) -> None:
+        if self._timer is None:
+            self._timer = self.loop.call_later(self._every, self._sweep)
+
+    def wait_head(self, conn: Any) -> None:
+        self.bodies.pop(conn, None)
+        self.heads.pop(conn, None)
+        self.heads[conn] = self.loop.time() + self.policy.header_timeout
+        self._arm()
+
+    def read_body(self, conn: Any) -> None:
+        self.bodies[conn] = self.loop.time() + self.policy.body_timeout
+        self._arm()
+
+    def forget(self, conn: Any) -> None:
+        self.live.discard(conn)
+        self.heads.pop(conn, None)
+        self.bodies.pop(conn, None)
+
+    def admit(self, conn: Any) -> bool:
+        """Count a new connection; False when it must be refused (all others are busy)."""
+        self.live.add(conn)
+        while len(self.live) > self.policy.max_connections:
+            victim = next((c for c in self.heads if c is not conn), None)
+            if victim is None:
+                victim = next((c for c in self.bodies if c is not conn), None)
+            if victim is None:
+                return False
+            victim._nx_close(None)
+        return True
+
+    def _sweep(self) -> None:
+        self._timer = None
+        now = self.loop.time()
+        for table, what in ((self.heads, "head"), (self.bodies, "body")):
+            while table:
+                conn, deadline = next(iter(table.items()))
+                if deadline > now:
+                    break
+                del table[conn]
+                conn._nx_expired(what)
+        if self.heads or self.bodies:
+            self._arm()
+
+
+class _ConnectionGuard:
+    """Mixed into uvicorn's HTTP protocol (see :func:`guarded_protocol`); one per connection.
+
+    It follows the connection through uvicorn's own hooks - ``connection_made``,
+    ``data_received`` (a new request cycle means a head arrived; ``more_body``
+    false means its body did), ``on_response_complete`` and ``connection_lost`` -
+    and, with httptools, counts the request target and header bytes in the
+    parser's callbacks, refusing the request (431) as soon as they pass
+    ``max_header_bytes``, before more is buffered. Refusals and timeouts are
+    written as a complete JSON error response with ``connection: close``.
+    """
+
+    nexus_policy: HTTPPolicy
+    nexus_jsonrpc: bool = False
+    _nx_head = 0
+    _nx_partial = False
+    _nx_refused = False
+
+    # -- the connection
+    def connection_made(self, transport: Any) -> None:
+        super().connection_made(transport)  # type: ignore[misc]
+        state = self.server_state  # type: ignore[attr-defined]
+        tracker = getattr(state, "_nexus_tracker", None)
+        if tracker is None:
+            tracker = state._nexus_tracker = _Tracker(self.nexus_policy, self.loop)  # type: ignore[attr-defined]
+        self._nx_tracker = tracker
+        if not tracker.admit(self):
+            self._nx_close(ServiceUnavailable(
+                f"the server is at its limit of {self.nexus_policy.max_connections} connections; "
+                "retry shortly", retry_after=1,
+            ))
+            return
+        tracker.wait_head(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._nx_tracker.forget(self)
+        super().connection_lost(exc)  # type: ignore[misc]
+
+    def data_received(self, data: bytes) -> None:
+        if self._nx_refused:
+            return
+        cycle = self.cycle  # type: ignore[attr-defined]
+        tracker = self._nx_tracker
+        super().data_received(data)  # type: ignore[misc]
+        if self._nx_refused:
+            return
+        current = self.cycle  # type: ignore[attr-defined]
+        if current is not cycle:  # a request head arrived
+            tracker.heads.pop(self, None)
+            if current.more_body and not current.response_complete:
+                tracker.read_body(self)
+        elif self in tracker.heads:
+            self._nx_partial = True
+        elif current is not None and not current.more_body and self in tracker.bodies:
+            del tracker.bodies[self]
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()  # type: ignore[misc]
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if not self.transport.is_closing() and (cycle is None or cycle.response_complete):  # type: ignore[attr-defined]
+            self._nx_partial = False
+            self._nx_tracker.wait_head(self)
+
+    def send_400_response(self, msg: str) -> None:
+        if not self._nx_refused:  # after a refusal of ours the parser's complaint is moot
+            super().send_400_response(msg)  # type: ignore[misc]
+
+    # -- the head, counted in httptools' callbacks (h11 has its own limit)
+    def on_message_begin(self) -> None:
+        self._nx_head = 0
+        super().on_message_begin()  # type: ignore[misc]
+
+    def on_url(self, url: bytes) -> None:
+        if self._nx_refused or self._nx_over(len(url)):
+            return
+        super().on_url(url)  # type: ignore[misc]
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        if self._nx_refused or self._nx_over(len(name) + len(value)):
+            return
+        super().on_header(name, value)  # type: ignore[misc]
+
+    def on_headers_complete(self) -> None:
+        if not self._nx_refused:
+            super().on_headers_complete()  # type: ignore[misc]
+
+    def on_body(self, body: bytes) -> None:
+        if not self._nx_refused:
+            super().on_body(body)  # type: ignore[misc]
+
+    def on_message_complete(self) -> None:
+        if not self._nx_refused:
+            super().on_message_complete()  # type: ignore[misc]
+
+    def _nx_over(self, size: int) -> bool:
+        self._nx_head += size
+        limit = self.nexus_policy.max_header_bytes
+        if self._nx_head <= limit:
+            return False
+        self._nx_close(HeadersTooLarge(
+            f"request line and headers are over the limit of {limit} bytes (max_header_bytes)"
+        ))
+        return True
+
+    # -- refusals
+    def _nx_expired(self, what: str) -> None:
+        """A deadline passed: 408 for a request begun, a quiet close for an idle connection."""
+        if what == "head" and not self._nx_partial:
+            self._nx_close(None)
+            return
+        seconds = self.nexus_policy.header_timeout if what == "head" else self.nexus_policy.body_timeout
+        cycle = self.cycle  # type: ignore[attr-defined]
+        started = what == "body" and cycle is not None and cycle.response_started
+        self._nx_close(None if started else RequestTimeout(
+            f"the request {what} did not arrive within {seconds:g} s "
+            f"({'header_timeout' if what == 'head' else 'body_timeout'})"
+        ))
+
+    def _nx_close(self, error: NexusError | None) -> None:
+        """Stop this connection: answer ``error`` (if any) and close; the app sees a disconnect."""
+        self._nx_refused = True
+        self._nx_tracker.forget(self)
+        # uncounted at once: uvicorn's own count (limit_concurrency) would otherwise include
+        # it until its connection_lost runs, an event-loop turn or two later
+        self.connections.discard(self)  # type: ignore[attr-defined]
+        cycle = self.cycle  # type: ignore[attr-defined]
+        if cycle is not None and not cycle.response_complete:
+            cycle.disconnected = True  # the app's later writes are dropped, its reads end
+            cycle.message_event.set()
+        transport = self.transport  # type: ignore[attr-defined]
+        if transport.is_closing():
+            return
+        if error is not None:
+            transport.write(_raw_response(error, self.nexus_jsonrpc))
+        transport.close()

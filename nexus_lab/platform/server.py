@@ -202,6 +202,7 @@ class ServerGroup:
         try:
             import uvicorn
 
+            from .guard import uvicorn_options
             from .http import build_api_app
             from .mcp import build_mcp_app
         except ModuleNotFoundError as exc:
@@ -223,8 +224,8 @@ class ServerGroup:
                 raise
         self.api_url = _url(app.host, api_sock)
         self.mcp_url = _url(app.host, mcp_sock) + "/mcp"
-        pairs = [(build_api_app(app), api_sock), (build_mcp_app(app), mcp_sock)]
-        for asgi, sock in pairs:
+        pairs = [(build_api_app(app), api_sock, False), (build_mcp_app(app), mcp_sock, True)]
+        for asgi, sock, jsonrpc in pairs:
             config = uvicorn.Config(
                 asgi,
                 log_level=self.log_level,
@@ -232,6 +233,9 @@ class ServerGroup:
                 access_log=False,
                 timeout_graceful_shutdown=10,
                 server_header=False,
+                # what one client may hold: header size, read and keep-alive deadlines, the
+                # connection cap, forwarded headers only from configured proxies (guard.py)
+                **uvicorn_options(app, jsonrpc_errors=jsonrpc),
             )
             server = uvicorn.Server(config)
             server.install_signal_handlers = lambda: None  # type: ignore[method-assign]  # the owner handles signals
