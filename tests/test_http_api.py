@@ -96,6 +96,10 @@ def client(make_app, serve):
     return c
 
 
+#: bodies sent as raw bytes declare their type, as a real client does (anything else is a 415)
+JSON = {"content-type": "application/json"}
+
+
 def _error(resp: httpx.Response, status: int, type_: str | None = None) -> dict:
     assert resp.status_code == status, resp.text
     assert resp.headers["content-type"].startswith("application/json")
@@ -338,7 +342,7 @@ def test_wrong_method_is_405_json(client):
 )
 def test_malformed_json_is_400(client, raw):
     r = client.post(
-        "/api/workflows/echo/execute", content=raw, headers={"content-type": "application/json"}
+        "/api/workflows/echo/execute", content=raw, headers=JSON
     )
     err = _error(r, 400, "bad_request")
     assert "JSON" in err["message"]
@@ -396,12 +400,12 @@ def test_body_over_limit_is_413(make_app, serve):
         tail = b'"}}'
         return head + b"a" * (size - len(head) - len(tail)) + tail
 
-    ok = c.post("/api/workflows/echo/execute", content=body(200))
+    ok = c.post("/api/workflows/echo/execute", content=body(200), headers=JSON)
     assert ok.status_code == 200, ok.text
-    err = _error(c.post("/api/workflows/echo/execute", content=body(201)), 413, "payload_too_large")
+    err = _error(c.post("/api/workflows/echo/execute", content=body(201), headers=JSON), 413, "payload_too_large")
     assert "200" in err["message"]
     # sessions routes share the limit
-    _error(c.post("/api/sessions", content=b'{"metadata": {"a": "' + b"x" * 300 + b'"}}'), 413)
+    _error(c.post("/api/sessions", content=b'{"metadata": {"a": "' + b"x" * 300 + b'"}}', headers=JSON), 413)
     # the connection stays usable afterwards
     assert c.get("/health").status_code == 200
 
@@ -420,7 +424,7 @@ def test_chunked_body_over_limit_is_413_while_streaming(make_app, serve):
             yield b"a" * 500
         yield b'"}}'
 
-    r = c.post("/api/workflows/echo/execute", content=chunks())
+    r = c.post("/api/workflows/echo/execute", content=chunks(), headers=JSON)
     assert "content-length" not in r.request.headers
     _error(r, 413, "payload_too_large")
 
@@ -428,14 +432,14 @@ def test_chunked_body_over_limit_is_413_while_streaming(make_app, serve):
         yield b'{"inputs":'
         yield b'{"text":"hi"}}'
 
-    ok = c.post("/api/workflows/echo/execute", content=small())
+    ok = c.post("/api/workflows/echo/execute", content=small(), headers=JSON)
     assert ok.status_code == 200 and ok.json()["outputs"] == {"echo": "hi"}
 
 
 def test_default_limit_is_one_mib(client):
     assert client.app.max_body_bytes == 1024 * 1024
     big = b'{"inputs":{"text":"' + b"a" * (1024 * 1024) + b'"}}'
-    _error(client.post("/api/workflows/echo/execute", content=big), 413, "payload_too_large")
+    _error(client.post("/api/workflows/echo/execute", content=big, headers=JSON), 413, "payload_too_large")
 
 
 def test_agent_exception_is_500_with_error_id_and_no_traceback(client, caplog):
@@ -579,7 +583,7 @@ def test_create_session_validates_its_body(make_app, serve, body, status, field)
 
 def test_create_session_malformed_json_is_400(make_app, serve):
     c = serve(make_app())
-    _error(c.post("/api/sessions", content=b"{oops"), 400, "bad_request")
+    _error(c.post("/api/sessions", content=b"{oops", headers=JSON), 400, "bad_request")
 
 
 def test_deploy_with_sessions_over_http(make_app, serve):

@@ -4,7 +4,7 @@ Routes (built once per server start; deployments added later are served at
 once because the workflow routes are parameterised)::
 
     POST   /api/workflows/{name}/execute   {"inputs": {...}, "session_id": "..."?}
-    GET    /api/workflows                  deployments with their input schemas
+    GET    /api/workflows                  deployments this channel reaches, with input schemas
     GET    /api/workflows/{name}
     POST   /api/sessions                   {"user_id"?, "metadata"?, "ttl"?}
     GET    /api/sessions                   the caller's sessions (?user_id= without auth)
@@ -42,6 +42,19 @@ Design notes:
   before reading and again while streaming, so chunked bodies cannot buffer
   past it. (With ``Content-Length`` the HTTP parser never hands over more
   bytes than declared, so a lying header cannot smuggle a larger body.)
+* A body must be ``application/json`` (else 415, which also stops "simple"
+  cross-site POSTs), strict UTF-8 JSON without NaN, nested at most
+  ``max_json_depth`` levels below its envelope (else 400 naming the limit);
+  a key that is present holds its documented type (``null`` is not "absent").
+  Inputs on the API channel must have the JSON types the published schema
+  says (``true`` is no integer, ``"5"`` no number): 422 naming the field.
+* One route per path: a wrong method's 405 lists in ``Allow`` every method
+  the path serves.
+* A session read checks the owner inside the read, so another user's GET
+  or DELETE touches nothing (no sliding expiry); the store is called off the
+  event loop when it blocks (SQLite).
+* CORS is off unless the platform has ``cors_origins`` (Starlette's
+  ``CORSMiddleware``, outside the guard so that preflights pass).
 * Nothing is cached: two identical POSTs run the agent twice.
 * Header ``X-Nexus-Channel: cli`` (sent by the ``nexus`` CLI) runs the call on
   the ``cli`` channel with string coercion of structured inputs.
@@ -81,8 +94,16 @@ from ..errors import (
     PayloadTooLarge,
     SessionNotFound,
 )
-from .guard import PRINCIPAL_SCOPE_KEY, STARTED_SCOPE_KEY, GuardMiddleware, error_response
-from .openapi import OpenAPICache
+from .guard import (
+    PRINCIPAL_SCOPE_KEY,
+    STARTED_SCOPE_KEY,
+    GuardMiddleware,
+    error_response,
+    parse_json,
+    require_json_body,
+)
+from .openapi import OpenAPICache, check_input_types
+from .security import HTTPPolicy
 
 if TYPE_CHECKING:
     from ..sessions import Session
@@ -117,7 +138,14 @@ def _principal(request: Request) -> str | None:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The request body, refusing (413) anything over ``limit`` bytes without buffering it."""
+    """The request body, refusing (413) anything over ``limit`` bytes without buffering it.
+
+    A body must be declared ``Content-Type: application/json`` (415 otherwise,
+    see :func:`~nexus_lab.platform.guard.require_json_body`), checked before a
+    byte of it is read. A body that stops arriving is cut off by the server's
+    ``body_timeout`` (408), below this function.
+    """
+    require_json_body(request.headers)
     declared = request.headers.get("content-length")
     if declared is not None:
         try:
@@ -138,11 +166,14 @@ async def read_body(request: Request, limit: int) -> bytes:
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
-def _parse_json(body: bytes) -> Any:
-    try:
-        return json.loads(body)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
-        raise BadRequest(f"malformed JSON body: {exc}") from None
+def _policy(request: Request) -> HTTPPolicy:
+    """The checked HTTP settings of the platform (built once with the app)."""
+    return request.app.state.policy
+
+
+def _parse_json(request: Request, body: bytes) -> Any:
+    """The body decoded: strict UTF-8, nesting within ``max_json_depth`` (else 400)."""
+    return parse_json(body, _policy(request).max_json_depth)
 
 
 def _channel(request: Request) -> tuple[str, bool]:
@@ -158,11 +189,11 @@ def _channel(request: Request) -> tuple[str, bool]:
     raise BadRequest(f"X-Nexus-Channel must be 'api' or 'cli', got {header!r}")
 
 
-def _execute_body(body: bytes) -> tuple[Any, str | None]:
+def _execute_body(request: Request, body: bytes) -> tuple[dict[str, Any], str | None]:
     """``(inputs, session_id)`` of an execute request body, or a 422 that says what is wrong."""
     if not body.strip():
         raise InputValidationError(f"empty request body; {_EXPECTED}", field="inputs")
-    data = _parse_json(body)
+    data = _parse_json(request, body)
     if not isinstance(data, dict):
         raise InputValidationError(
             f"request body must be a JSON object, got {type(data).__name__}; {_EXPECTED}",
@@ -181,20 +212,56 @@ def _execute_body(body: bytes) -> tuple[Any, str | None]:
             raise InputValidationError(
                 f"unknown top-level key {extra[0]!r}; {_EXPECTED}", field=extra[0]
             )
+    inputs = data["inputs"]
+    if not isinstance(inputs, dict):  # null included: the schema says an object, so does the server
+        raise InputValidationError(
+            f"'inputs' must be a JSON object mapping input names to values, got "
+            f"{_json_type(inputs)}; {_EXPECTED}",
+            field="inputs",
+        )
     session_id = data.get("session_id")
     if session_id is not None and (not isinstance(session_id, str) or not session_id):
         raise InputValidationError(
             "session_id must be a non-empty string or null", field="session_id"
         )
-    return data["inputs"], session_id
+    return inputs, session_id
 
 
-def _owned_session(request: Request) -> Session:
-    """The session named in the path, if the caller may see it (404 otherwise)."""
+def _json_type(value: Any) -> str:
+    """The JSON name of a decoded value's type, for messages."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, (int, float)):
+        return "a number"
+    if isinstance(value, str):
+        return "a string"
+    return "an array" if isinstance(value, list) else "an object"
+
+
+async def _sessions_call(manager: Any, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` of the session manager, off the loop when its store blocks (SQLite)."""
+    if getattr(manager, "blocking", False):
+        from starlette.concurrency import run_in_threadpool
+
+        return await run_in_threadpool(fn, *args, **kwargs)
+    return fn(*args, **kwargs)
+
+
+async def _owned_session(request: Request, *, touch: bool) -> Session:
+    """The session named in the path, if the caller may see it (404 otherwise).
+
+    Ownership is checked inside the read (``user_id=``), so another user's
+    session is never touched: its expiry does not slide, nothing is recorded.
+    ``touch=True`` (a GET by the owner) slides the expiry like any use.
+    """
     session_id = request.path_params["session_id"]
-    session = _nexus(request).session_manager.get_session(session_id)
-    principal = _principal(request)
-    if session is None or (principal is not None and session.user_id != principal):
+    manager = _nexus(request).session_manager
+    session = await _sessions_call(
+        manager, manager.get_session, session_id, user_id=_principal(request), touch=touch
+    )
+    if session is None:
         raise SessionNotFound(session_id)  # another user's session looks like a missing one
     return session
 
@@ -221,7 +288,9 @@ async def execute(request: Request) -> Response:
     name = request.path_params["name"]
     channel, coerce = _channel(request)
     deployment = nexus.get_deployment(name, channel)  # 404 before reading the body
-    inputs, session_id = _execute_body(await read_body(request, nexus.max_body_bytes))
+    inputs, session_id = _execute_body(request, await read_body(request, nexus.max_body_bytes))
+    if not coerce:  # JSON types as published (the CLI's key=value strings are coerced instead)
+        check_input_types(deployment, inputs)
     execution = await nexus.aexecute(
         deployment,  # looked up once per call
         inputs,
@@ -236,14 +305,24 @@ async def execute(request: Request) -> Response:
 
 
 async def list_workflows(request: Request) -> Response:
-    """``GET /api/workflows``: every deployment with its input schema."""
+    """``GET /api/workflows``: the deployments the caller's channel reaches, with input schemas.
+
+    The channel is the API's, or the CLI's with ``X-Nexus-Channel: cli``; an
+    MCP-only deployment is never listed, so every ``endpoint`` shown answers.
+    """
+    channel, _ = _channel(request)
     deployments = _nexus(request).deployments
-    return _json({"workflows": [deployments[n].info() for n in sorted(deployments)]})
+    return _json({
+        "workflows": [
+            deployments[n].info() for n in sorted(deployments) if channel in deployments[n].channels
+        ]
+    })
 
 
 async def get_workflow(request: Request) -> Response:
-    """``GET /api/workflows/{name}``."""
-    return _json(_nexus(request).get_deployment(request.path_params["name"]).info())
+    """``GET /api/workflows/{name}`` (404 unless the caller's channel reaches it)."""
+    channel, _ = _channel(request)
+    return _json(_nexus(request).get_deployment(request.path_params["name"], channel).info())
 
 
 # ----------------------------------------------------------------------------- sessions
@@ -251,7 +330,7 @@ async def create_session(request: Request) -> Response:
     """``POST /api/sessions``: a new session, owned by the caller when auth is on."""
     nexus = _nexus(request)
     body = await read_body(request, nexus.max_body_bytes)
-    data = _parse_json(body) if body.strip() else {}
+    data = _parse_json(request, body) if body.strip() else {}
     if not isinstance(data, dict):
         raise InputValidationError(
             'request body must be a JSON object {"user_id"?, "metadata"?, "ttl"?}', field="body"
@@ -263,24 +342,29 @@ async def create_session(request: Request) -> Response:
             field=extra[0],
         )
     principal = _principal(request)
+    # a key that is present must hold its type: null is not "absent" (as the schema says)
     user_id = data.get("user_id")
-    if user_id is not None and (not isinstance(user_id, str) or not user_id.strip()):
+    if "user_id" in data and (not isinstance(user_id, str) or not user_id.strip()):
         raise InputValidationError("user_id must be a non-empty string", field="user_id")
     if principal is not None:
         if user_id is not None and user_id != principal:
             raise Forbidden("you may only create sessions for your own user id")
         user_id = principal
     metadata = data.get("metadata")
-    if metadata is not None and not isinstance(metadata, dict):
+    if "metadata" in data and not isinstance(metadata, dict):
         raise InputValidationError("metadata must be a JSON object", field="metadata")
     ttl = data.get("ttl")
-    if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or ttl <= 0):
+    if "ttl" in data and (
+        isinstance(ttl, bool) or not isinstance(ttl, (int, float)) or not 0 < ttl < float("inf")
+    ):
         raise InputValidationError("ttl must be a positive number of seconds", field="ttl")
     # the session records where it was made; an unknown header value is simply the API
     channel = "cli" if (request.headers.get("x-nexus-channel") or "").lower() == "cli" else "api"
+    manager = nexus.session_manager
     try:
-        session = nexus.session_manager.create_session(
-            user_id or "anonymous", metadata=metadata, ttl=ttl, channel=channel
+        session = await _sessions_call(
+            manager, manager.create_session,
+            user_id or "anonymous", metadata=metadata, ttl=ttl, channel=channel,
         )
     except NexusError:
         raise
@@ -297,20 +381,22 @@ async def list_sessions(request: Request) -> Response:
         if wanted is not None and wanted != principal:
             raise Forbidden("you may only list your own sessions")
         wanted = principal
-    sessions = _nexus(request).session_manager.list_sessions(user_id=wanted or None)
+    manager = _nexus(request).session_manager
+    sessions = await _sessions_call(manager, manager.list_sessions, user_id=wanted or None)
     views = [_session_view(s, with_state=False) for s in sessions]
     return _json({"sessions": views, "count": len(views)})
 
 
 async def get_session(request: Request) -> Response:
     """``GET /api/sessions/{session_id}``: info and state."""
-    return _json(_session_view(_owned_session(request)))
+    return _json(_session_view(await _owned_session(request, touch=True)))
 
 
 async def delete_session(request: Request) -> Response:
     """``DELETE /api/sessions/{session_id}``."""
-    session = _owned_session(request)
-    if not _nexus(request).session_manager.delete_session(session.session_id):
+    session = await _owned_session(request, touch=False)
+    manager = _nexus(request).session_manager
+    if not await _sessions_call(manager, manager.delete_session, session.session_id):
         raise SessionNotFound(session.session_id)
     return _json({"deleted": True, "session_id": session.session_id})
 
@@ -371,7 +457,8 @@ async def _routing_error(request: Request, exc: Exception) -> Response:
     if exc.status_code == 404:
         error = NotFound(f"no route {where}; see /openapi.json")
     elif exc.status_code == 405:
-        allow = (exc.headers or {}).get("Allow", "")
+        # every method the path serves (one Route per path, see _route), in a stable order
+        allow = ", ".join(sorted(m.strip() for m in (exc.headers or {}).get("Allow", "").split(",") if m.strip()))
         error = MethodNotAllowed(
             f"method {request.method} is not allowed on {request.url.path}; allowed: {allow}", allow
         )
@@ -386,31 +473,64 @@ async def _unhandled(request: Request, exc: Exception) -> Response:
 
 
 # ----------------------------------------------------------------------------- the app
-def _route(path: str, endpoint: Endpoint, method: str) -> Route:
-    return Route(path, _answering_errors(endpoint), methods=[method], name=endpoint.__name__)
+def _route(path: str, **endpoints: Endpoint) -> Route:
+    """One route per path, its methods dispatched here: a 405 then lists all of them in ``Allow``.
+
+    (One Starlette ``Route`` per method would answer a wrong method with the
+    ``Allow`` of whichever route matched first.)
+    """
+    handlers = {method.upper(): _answering_errors(fn) for method, fn in endpoints.items()}
+    if len(handlers) == 1:
+        ((method, handler),) = handlers.items()
+        return Route(path, handler, methods=[method], name=next(iter(endpoints.values())).__name__)
+
+    async def dispatch(request: Request) -> Response:
+        method = "GET" if request.method == "HEAD" else request.method
+        return await handlers[method](request)
+
+    name = "_".join(fn.__name__ for fn in endpoints.values())
+    return Route(path, dispatch, methods=list(handlers), name=name)
 
 
 def build_api_app(nexus: Nexus) -> Starlette:
-    """The ASGI app serving ``nexus``'s HTTP API (see the module docstring)."""
+    """The ASGI app serving ``nexus``'s HTTP API (see the module docstring).
+
+    Raises :class:`~nexus_lab.errors.ConfigError` for a bad HTTP option of the
+    platform (``allowed_hosts``, ``cors_origins``, ``max_json_depth``, ...).
+    """
+    policy = HTTPPolicy.of(nexus)
     routes = [
-        _route("/api/workflows/{name}/execute", execute, "POST"),
-        _route("/api/workflows", list_workflows, "GET"),
-        _route("/api/workflows/{name}", get_workflow, "GET"),
-        _route("/api/sessions", list_sessions, "GET"),
-        _route("/api/sessions", create_session, "POST"),
-        _route("/api/sessions/{session_id}", get_session, "GET"),
-        _route("/api/sessions/{session_id}", delete_session, "DELETE"),
-        _route("/health", health, "GET"),
-        _route("/openapi.json", openapi, "GET"),
-        _route("/metrics", metrics, "GET"),
+        _route("/api/workflows/{name}/execute", post=execute),
+        _route("/api/workflows", get=list_workflows),
+        _route("/api/workflows/{name}", get=get_workflow),
+        _route("/api/sessions", get=list_sessions, post=create_session),
+        _route("/api/sessions/{session_id}", get=get_session, delete=delete_session),
+        _route("/health", get=health),
+        _route("/openapi.json", get=openapi),
+        _route("/metrics", get=metrics),
     ]
+    middleware = [Middleware(GuardMiddleware, nexus=nexus, exempt_paths=("/health",))]
+    if policy.cors_origins:
+        # outside the guard: a browser's preflight carries no API key, and the guard's
+        # refusals (401, 429) need the CORS headers for the page to read them
+        from starlette.middleware.cors import CORSMiddleware
+
+        middleware.insert(0, Middleware(
+            CORSMiddleware,
+            allow_origins=list(policy.cors_origins),
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Nexus-Channel"],
+            expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
+            max_age=600,
+        ))
     api = Starlette(
         routes=routes,
-        middleware=[Middleware(GuardMiddleware, nexus=nexus, exempt_paths=("/health",))],
+        middleware=middleware,
         # HTTPException: the router's 404/405, handled inside the guard (rate-limit headers
         # included); Exception: Starlette's last resort, for bugs outside the endpoints
         exception_handlers={HTTPException: _routing_error, Exception: _unhandled},
     )
     api.state.nexus = nexus
+    api.state.policy = policy
     api.state.openapi = OpenAPICache()
     return api

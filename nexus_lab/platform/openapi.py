@@ -23,14 +23,17 @@ Example::
 from __future__ import annotations
 
 import json
+import weakref
 from typing import TYPE_CHECKING, Any
 
 from .._version import __version__
+from ..errors import InputValidationError
 
 if TYPE_CHECKING:
     from .app import Nexus
+    from .deployment import Deployment
 
-__all__ = ["build_openapi", "OpenAPICache"]
+__all__ = ["build_openapi", "OpenAPICache", "JSONTypes", "check_input_types"]
 
 JSON_TYPE = "application/json"
 # default=str: a schema default pydantic could not make JSON (rare) becomes text, not a 500
@@ -428,3 +431,130 @@ class OpenAPICache:
             self._body = _encode(build_openapi(app)).encode()
             self._key = key
         return self._body
+
+
+# ----------------------------------------------------------------------------- JSON types
+_JSON_TYPES: dict[str, tuple[type, ...]] = {
+    "string": (str,),
+    "object": (dict,),
+    "array": (list,),
+    "boolean": (bool,),
+    "null": (type(None),),
+}
+
+
+def _is(value: Any, kind: str) -> bool:
+    """Whether a decoded JSON value is of JSON Schema type ``kind`` (no bool for a number)."""
+    if kind == "integer":
+        return (value.__class__ is int) or (value.__class__ is float and value.is_integer())
+    if kind == "number":
+        return value.__class__ is int or value.__class__ is float
+    kinds = _JSON_TYPES.get(kind)
+    return kinds is None or value.__class__ in kinds
+
+
+def _type_name(value: Any) -> str:
+    if value is None:
+        return "null"
+    if value.__class__ is bool:
+        return "boolean"
+    if value.__class__ in (int, float):
+        return "number"
+    if value.__class__ is str:
+        return "string"
+    return "array" if value.__class__ is list else "object"
+
+
+class JSONTypes:
+    """The JSON types a JSON Schema admits, checked on decoded JSON.
+
+    The deployment's input schema is what ``/openapi.json`` and the MCP tool
+    publish, and the server must accept no less and no more than it says.
+    Validation itself is pydantic's (in the deployment's
+    :class:`~nexus_lab.schema.InputSchema`), which in its lax mode also takes
+    ``"5"`` or ``true`` for an integer; this checks only the ``type`` keywords
+    - through ``properties``, ``additionalProperties``, ``items``,
+    ``prefixItems``, ``anyOf``/``oneOf``/``allOf`` and local ``$ref`` - so a
+    value of the wrong JSON type is refused before pydantic converts it.
+
+    Example::
+
+        types = JSONTypes({"type": "object", "properties": {"n": {"type": "integer"}}})
+        types.mismatch({"n": True})      # ('n', 'integer', 'boolean')
+        types.mismatch({"n": 2})         # None
+    """
+
+    def __init__(self, schema: dict[str, Any]) -> None:
+        self.schema = schema
+        self.defs: dict[str, Any] = schema.get("$defs") or {}
+
+    def mismatch(self, value: Any) -> tuple[str, str, str] | None:
+        """``(path, expected, got)`` of the first value of a wrong type, or None."""
+        return self._check(self.schema, value, "")
+
+    def _resolve(self, schema: dict[str, Any]) -> dict[str, Any]:
+        ref = schema.get("$ref")
+        while isinstance(ref, str) and ref.startswith("#/$defs/"):
+            schema = self.defs.get(ref[len("#/$defs/"):], {})
+            ref = schema.get("$ref")
+        return schema
+
+    def _check(self, schema: Any, value: Any, path: str) -> tuple[str, str, str] | None:
+        if not isinstance(schema, dict):
+            return None
+        schema = self._resolve(schema)
+        kind = schema.get("type")
+        if kind is not None:
+            kinds = kind if isinstance(kind, list) else [kind]
+            if not any(_is(value, k) for k in kinds):
+                return (path, " or ".join(kinds), _type_name(value))
+        branches = schema.get("anyOf") or schema.get("oneOf")
+        if branches:
+            found = [self._check(b, value, path) for b in branches]
+            if all(f is not None for f in found):
+                # the branch that got furthest names the problem best
+                return max(found, key=lambda f: len(f[0]))  # type: ignore[arg-type, return-value]
+        for sub in schema.get("allOf") or ():
+            found = self._check(sub, value, path)
+            if found is not None:
+                return found
+        if value.__class__ is dict:
+            props = schema.get("properties") or {}
+            extra = schema.get("additionalProperties")
+            for key, item in value.items():
+                sub = props.get(key, extra)
+                if isinstance(sub, dict):
+                    found = self._check(sub, item, f"{path}.{key}" if path else str(key))
+                    if found is not None:
+                        return found
+        elif value.__class__ is list:
+            prefix = schema.get("prefixItems") or []
+            items = schema.get("items")
+            for i, item in enumerate(value):
+                sub = prefix[i] if i < len(prefix) else items
+                found = self._check(sub, item, f"{path}[{i}]")
+                if found is not None:
+                    return found
+        return None
+
+
+_INPUT_TYPES: weakref.WeakKeyDictionary[Any, JSONTypes] = weakref.WeakKeyDictionary()
+
+
+def check_input_types(deployment: Deployment, inputs: dict[str, Any]) -> None:
+    """Refuse (422, naming the field) inputs whose JSON types the published schema does not admit.
+
+    The checker is built once per deployment schema. See :class:`JSONTypes`.
+    """
+    schema = deployment.schema
+    types = _INPUT_TYPES.get(schema)
+    if types is None:
+        types = _INPUT_TYPES[schema] = JSONTypes(schema.json_schema())
+    found = types.mismatch(inputs)
+    if found is not None:
+        path, expected, got = found
+        field = path.split(".")[0].split("[")[0] or "inputs"
+        raise InputValidationError(
+            f"invalid input {path or 'inputs'!r}: must be {expected} (JSON), got {got}",
+            field=field,
+        )
