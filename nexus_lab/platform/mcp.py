@@ -80,26 +80,40 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import re
 import sys
 import uuid
 from typing import TYPE_CHECKING, Any
 
 from mcp.server import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPError
 from mcp_types import INVALID_PARAMS, CallToolResult, TextContent
 from mcp_types import Tool as MCPTool
 
-from ..errors import InputValidationError, InternalError, MethodNotAllowed, NexusError
+from ..errors import (
+    InputValidationError,
+    InternalError,
+    MethodNotAllowed,
+    NexusError,
+    PayloadTooLarge,
+)
 from .guard import (
     PRINCIPAL_SCOPE_KEY,
     GuardMiddleware,
     current_principal,
     error_response,
+    json_nesting_exceeds,
+    nesting_exceeds,
     request_started,
+    require_json_body,
+    too_deep,
+    unencodable_path,
 )
+from .security import HTTPPolicy
 
 if TYPE_CHECKING:
-    from starlette.types import ASGIApp, Receive, Scope, Send
+    from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
     from .app import Nexus
     from .deployment import Deployment
@@ -160,6 +174,7 @@ class NexusMCPServer(MCPServer):
         )
         _construct_quietly(super().__init__, **kwargs)
         self.nexus = app
+        self._max_depth = HTTPPolicy.of(app).max_json_depth  # checked once (ConfigError if bad)
         # name -> (deployment, tool); a redeploy replaces the Deployment object, so
         # identity tells whether the cached tool is still current.
         self._tool_cache: dict[str, tuple[Deployment, MCPTool]] = {}
@@ -218,6 +233,9 @@ class NexusMCPServer(MCPServer):
                 message=f"Unknown tool: {name!r} (available: {', '.join(available) or 'none'})",
             )
         args = dict(arguments or {})
+        depth = self._max_depth
+        if nesting_exceeds(args, depth):  # also on stdio, where no HTTP front looked
+            return _error_result(too_deep(depth))
         session_id = None
         if SESSION_ARG not in dep.schema.names:
             session_id = args.pop(SESSION_ARG, None)
@@ -328,6 +346,95 @@ class _NoEventStream:
         await self.app(scope, receive, send)
 
 
+#: A ``\uD800``-``\uDFFF`` escape: a surrogate, maybe a lone one (the SDK's parser refuses that
+#: with a position only; a valid pair, an escaped emoji, is decoded and passed on).
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+#: Levels of a JSON-RPC message around a tool's arguments: message, params, arguments (+1 batch).
+_ENVELOPE = 3
+
+
+class _BodyCheck:
+    """Behind the guard, before the SDK: a POST's body is JSON of sane shape, or a JSON-RPC error.
+
+    * not declared ``application/json``: 415 (the SDK would say a plain-text 400);
+    * over ``max_body_bytes``: 413;
+    * nested deeper than ``max_json_depth`` (plus the JSON-RPC envelope): 400
+      naming the limit, before any parser recurses into it;
+    * a lone surrogate escape (``"\\ud800"``): 422 naming the argument, where the
+      SDK's parser would give only a position.
+
+    The body, read once, is handed on to the SDK unchanged.
+    """
+
+    def __init__(self, app: ASGIApp, nexus: Nexus, policy: HTTPPolicy) -> None:
+        self.app = app
+        self.nexus = nexus
+        self.policy = policy
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            await self.app(scope, receive, send)
+            return
+        try:
+            body = await self._read(scope, receive)
+            if body is None:  # the client went away
+                return
+            self._check(body)
+        except NexusError as exc:
+            await error_response(exc, jsonrpc=True)(scope, receive, send)
+            return
+        sent = False
+
+        async def replay() -> Message:
+            nonlocal sent
+            if not sent:
+                sent = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+    async def _read(self, scope: Scope, receive: Receive) -> bytes | None:
+        require_json_body(scope["headers"])
+        limit = self.nexus.max_body_bytes
+        chunks: list[bytes] = []
+        size = 0
+        while True:
+            message = await receive()
+            if message["type"] != "http.request":
+                return None
+            chunk = message.get("body", b"")
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                return b"".join(chunks)
+
+    def _check(self, body: bytes) -> None:
+        depth = self.policy.max_json_depth
+        if json_nesting_exceeds(body, depth + _ENVELOPE):
+            raise too_deep(depth)
+        if _SURROGATE_ESCAPE.search(body) is None:
+            return
+        try:
+            message = json.loads(body)
+        except (ValueError, RecursionError):
+            return  # not JSON: the SDK's parser says so
+        path = unencodable_path(message)
+        if path is None:
+            return  # surrogate pairs only (an escaped emoji): fine
+        for prefix in ("params.arguments.", "params."):
+            if path.startswith(prefix):
+                path = path[len(prefix):]
+                break
+        raise InputValidationError(
+            f"invalid input {path!r}: text that is not valid Unicode (a lone surrogate such as "
+            "'\\ud800'); send UTF-8 text",
+            field=path.split(".")[0].split("[")[0] or "arguments",
+        )
+
+
 def build_mcp_app(app: Nexus, *, path: str = MCP_PATH) -> ASGIApp:
     """The ASGI app serving ``app``'s tools over streamable HTTP at ``path`` (``/mcp``).
 
@@ -336,6 +443,7 @@ def build_mcp_app(app: Nexus, *, path: str = MCP_PATH) -> ASGIApp:
     ``localhost`` and ``::1``), request bodies capped at ``app.max_body_bytes``,
     behind the platform's :class:`~nexus_lab.platform.guard.GuardMiddleware`.
     """
+    policy = HTTPPolicy.of(app)
     server = build_mcp_server(app)
     inner = server.streamable_http_app(
         streamable_http_path=path,
@@ -343,9 +451,15 @@ def build_mcp_app(app: Nexus, *, path: str = MCP_PATH) -> ASGIApp:
         stateless_http=True,
         host=app.host,
         max_request_body_size=app.max_body_bytes,
+        # Host and Origin are checked by the guard, with the API's rules (allowed_hosts,
+        # allowed_origins); the SDK's own check knows fewer patterns and would disagree
+        transport_security=TransportSecuritySettings(enable_dns_rebinding_protection=False),
+    )
+    guarded = GuardMiddleware(
+        _BodyCheck(inner, app, policy), app, exempt_paths=(), jsonrpc_errors=True
     )
     # no exempt paths: MCP has no /health, every request is checked
-    return _NoEventStream(GuardMiddleware(inner, app, exempt_paths=(), jsonrpc_errors=True))
+    return _NoEventStream(guarded)
 
 
 # ----------------------------------------------------------------------
