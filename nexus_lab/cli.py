@@ -568,7 +568,24 @@ def _start_error(exc: BaseException) -> NoReturn:
     show_default=True,
     help="Server log level (stderr).",
 )
-def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level, rate_limit_store, workers) -> None:
+@click.option(
+    "--forwarded-allow-ips",
+    default=None,
+    metavar="IPS",
+    help="Comma-separated proxy addresses or networks (or '*') whose X-Forwarded-For is "
+    "believed (default: the app's; none).",
+)
+@click.option(
+    "--allowed-hosts",
+    default=None,
+    metavar="HOSTS",
+    help="Comma-separated Host names the servers answer, e.g. api.example.com "
+    "(default: the app's; the loopback names on a loopback bind).",
+)
+def serve(
+    app_ref, host, api_port, mcp_port, sessions_url, log_level, rate_limit_store, workers,
+    forwarded_allow_ips, allowed_hosts,
+) -> None:
     """Serve APP_REF's HTTP API and MCP until Ctrl-C or SIGTERM.
 
     APP_REF is 'module:attr' or 'path/to/file.py:attr' naming a Nexus app or a
@@ -593,6 +610,12 @@ def serve(app_ref, host, api_port, mcp_port, sessions_url, log_level, rate_limit
             app.api_port = api_port
         if mcp_port is not None:
             app.mcp_port = mcp_port
+        if forwarded_allow_ips is not None:
+            app.forwarded_allow_ips = _comma_list(forwarded_allow_ips)
+        if allowed_hosts is not None:
+            app.allowed_hosts = _comma_list(allowed_hosts)
+        if forwarded_allow_ips is not None or allowed_hosts is not None:
+            _check_http_options(app)
         if sessions_url:
             _replace_sessions(app, sessions_url)
         if rate_limit_store:
@@ -665,6 +688,23 @@ def _worker_args(ctx: click.Context) -> list[str]:
             else:
                 args.extend([param.opts[0], str(value)])
     return args
+
+
+def _check_http_options(app: Any) -> None:
+    """A bad --forwarded-allow-ips / --allowed-hosts is a usage error, named before serving."""
+    from .errors import ConfigError
+    from .platform.security import HTTPPolicy
+
+    try:
+        HTTPPolicy.of(app)
+    except ConfigError as exc:
+        option = "--" + (exc.field or "option").replace("_", "-")
+        raise CliError(f"{option}: {exc}", EXIT_USAGE) from None
+
+
+def _comma_list(text: str) -> list[str]:
+    """``"a, b,"`` -> ``["a", "b"]``: an option naming several values."""
+    return [part.strip() for part in text.split(",") if part.strip()]
 
 
 def _replace_sessions(app: Any, url: str) -> None:
