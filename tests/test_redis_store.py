@@ -220,6 +220,56 @@ def test_prefixes_share_a_server_without_meeting(redis_url):
         b.close()
 
 
+def _calls(client: Any) -> dict[str, int]:
+    return {k.removeprefix("cmdstat_"): v["calls"] for k, v in client.info("commandstats").items()}
+
+
+def test_the_platform_pair_costs_two_round_trips(redis_server, redis_url):
+    """A pure read, then the update: the update's first guess is the record just read, so it
+    is one script call (no second HGETALL); a further update by this process is one too."""
+    client = redis_server.client()
+    with NexusSessionManager(cleanup_interval=300, store=redis_url) as m:
+        sid = m.create_session("alice").session_id
+        client.config_resetstat()
+        assert m.get_session(sid, channel="api", user_id="alice", touch=False) is not None
+        m.apply_session_update(sid, _bump, channel="api")
+        m.apply_session_update(sid, _bump, channel="api")
+        calls = _calls(client)
+        assert calls["hgetall"] == 1 and calls["evalsha"] == 2, calls
+        assert m.get_session_state(sid, touch=False) == {"n": 2}
+    client.close()
+
+
+def test_a_stale_guess_is_harmless(redis_url):
+    """Two store objects (as two processes): each one's remembered record goes stale when
+    the other writes; the version check catches it, and an error mutate raises on a stale
+    record (over the size limit, another user) is not the answer until a fresh read agrees."""
+    a = NexusSessionManager(cleanup_interval=300, store=redis_url, max_state_bytes=120)
+    b = NexusSessionManager(cleanup_interval=300, store=redis_url, max_state_bytes=120)
+    try:
+        sid = a.create_session("alice", session_id="s").session_id
+        a.update_session_state(sid, {"big": "x" * 90}, channel="a")  # a remembers it
+        b.update_session_state(sid, {"big": "small"}, channel="b")  # a's record is now stale
+        # on a's stale record this would be over 120 bytes; on the real one it fits
+        assert a.update_session_state(sid, {"more": "y" * 50}, channel="a") == {
+            "big": "small",
+            "more": "y" * 50,
+        }
+        for _ in range(5):  # alternating writers: each update starts from a stale guess
+            a.apply_session_update(sid, _bump, channel="a")
+            b.apply_session_update(sid, _bump, channel="b")
+        assert b.get_session_state(sid, touch=False)["n"] == 10
+        # the id re-created for another user: a's remembered record says alice
+        assert b.delete_session(sid) and b.create_session("bob", session_id="s")
+        assert a.get_session(sid, channel="a", user_id="bob") is not None  # touching read
+        assert a.get_session(sid, channel="a", user_id="alice") is None
+        counters = a.store.counters()
+        assert counters["channel:a"] == 1 + 1 + 5 + 1 and counters["channel:b"] == 1 + 5
+    finally:
+        a.close()
+        b.close()
+
+
 def test_a_write_from_inside_mutate_is_refused(redis_url):
     store = open_store(redis_url)
     try:

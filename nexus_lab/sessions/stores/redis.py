@@ -20,14 +20,21 @@ Keys, under a prefix (default ``nexus:``) so several apps can share one server:
 
 How it keeps the :class:`~nexus_lab.sessions.stores.SessionStore` contract:
 
-* **Atomic read-modify-write.** ``update`` reads the hash (one ``HGETALL``),
-  runs ``mutate`` here, and writes the record, its event, the expiry index and
-  the counters in ONE Lua script, which Redis runs atomically. The script
-  first checks that ``v`` is still the token read (optimistic concurrency):
-  if another writer came in between, nothing is written and ``update`` reads
-  again and calls ``mutate`` again (the interface allows it). Writers of one
-  process take turns per session (striped locks) before they reach Redis, so
-  only writers in other processes ever cause a retry.
+* **Atomic read-modify-write.** ``update`` runs ``mutate`` here on the
+  record and writes the record, its event, the expiry index and the counters
+  in ONE Lua script, which Redis runs atomically. The script first checks that
+  ``v`` is still the token of the record ``mutate`` saw (optimistic
+  concurrency): if another writer came in between, nothing is written, the
+  script returns the current record, and ``update`` calls ``mutate`` again
+  on it (the interface allows it). Writers of one process take turns per
+  session (striped locks) before they reach Redis, so only writers in other
+  processes ever cause a retry.
+* **One round trip per update, usually.** The record ``mutate`` first sees is
+  the one this store last read or wrote for that session (the platform reads
+  a session right before updating it), so the common update is one script
+  call; without such a record it is read first (``HGETALL``). The version
+  check makes a stale guess harmless; an error ``mutate`` raises on a guess
+  (a size limit, another user) counts only once confirmed on a fresh read.
 * **Exactly once across connection retries.** Every write carries a fresh
   random token. redis-py retries a command once when a connection breaks
   (e.g. after a server restart); if the first attempt had in fact been
@@ -117,6 +124,8 @@ _STRIPES = 256  # per-process locks that make writers of one session take turns 
 _MAX_ATTEMPTS = 100  # optimistic retries of one update before giving up (503)
 _MARKER_MS = 60_000  # how long a delete/incr token is remembered (covers any client retry)
 _EXPIRE_CHUNK = 500  # sessions removed per delete_expired script: keeps each script short
+_GUESSES = 1024  # records remembered per store as update's first guess (see update)
+_GUESS_MAX_STATE = 16_384  # ... only when their state is at most this long (bounded memory)
 
 # Record fields in the hash. Numbers are stored as Python reprs: Lua's tonumber reads them
 # back exactly (a float repr round-trips through strtod), and ints stay ints.
@@ -162,7 +171,9 @@ _COMMIT = """
 local cur = redis.call('HGET', KEYS[1], 'v')
 if cur ~= ARGV[1] then
   if cur == ARGV[2] then return 1 end  -- our own write, retried after a lost reply
-  return 0  -- changed (or deleted) since we read it: the caller reads again
+  -- changed (or deleted: empty) since the caller's copy: hand it the current record, so
+  -- its next attempt needs no separate read
+  return redis.call('HGETALL', KEYS[1])
 end
 local ms = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'a', ARGV[5], 'e', ARGV[6], 't', ARGV[7], 'm', ARGV[8],
@@ -385,6 +396,7 @@ class RedisSessionStore(SessionStore):
         self._closed = False
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._local = threading.local()  # .mutating: this thread runs a mutate of ours
+        self._guesses: dict[str, dict[str, str]] = {}  # session id -> its last record seen
         try:
             self._client: redis.Redis = redis.Redis.from_url(
                 client_url,
@@ -441,6 +453,16 @@ class RedisSessionStore(SessionStore):
             # refused, as SQLite does: the same session's stripe lock is held (a deadlock)
             raise RuntimeError(_NESTED)
 
+    def _guess(self, session_id: str, h: dict[str, str]) -> None:
+        """Remember ``h`` as update's first guess of the session's record (bounded)."""
+        guesses = self._guesses
+        if len(h["s"]) > _GUESS_MAX_STATE:
+            guesses.pop(session_id, None)
+            return
+        if len(guesses) >= _GUESSES:
+            guesses.clear()  # cheaper than an LRU, and a miss only costs one read
+        guesses[session_id] = h
+
     def _ttl_ms(self, expires_at: float, now: float) -> int:
         # relative to the caller's clock (see the module docs): remaining life plus the grace
         return max(1, int((max(0.0, expires_at - now) + self.expiry_grace) * 1000) + 1)
@@ -486,6 +508,7 @@ class RedisSessionStore(SessionStore):
             incr,
         )
         keys = [p + "s:" + sid, p + "e:" + sid, self._x, self._n, p + "u:" + record.user_id]
+        self._guesses.pop(sid, None)
         try:
             return self._create(keys, args) == 1
         except RedisError as exc:
@@ -504,41 +527,65 @@ class RedisSessionStore(SessionStore):
         key = p + "s:" + session_id
         ekey = p + "e:" + session_id
         local = self._local
+        guesses = self._guesses
         # Writers of one session in this process take turns here: they would only make each
         # other retry at Redis (each success invalidates every other writer's read).
         with self._stripes[hash(session_id) & (_STRIPES - 1)]:
             try:
-                for _ in range(_MAX_ATTEMPTS):
+                h = guesses.get(session_id)
+                fresh = h is None or float(h["e"]) <= now  # expired guess: maybe slid since
+                if fresh:
                     h = self._hgetall(key)
+                for _ in range(_MAX_ATTEMPTS):
                     if not h or float(h["e"]) <= now:
+                        guesses.pop(session_id, None)
                         raise SessionNotFound(session_id)
                     rec = _record(session_id, h)
                     local.mutating = True
                     try:
                         result = mutate(rec)  # raises before changing rec, or changes it
+                    except Exception:
+                        if fresh:
+                            raise
+                        h, fresh = self._hgetall(key), True  # confirm on the current record
+                        continue
                     finally:
                         local.mutating = False
+                    new = {
+                        "a": _text(rec.last_accessed),
+                        "e": _text(rec.expires_at),
+                        "t": "" if rec.ttl is None else _text(rec.ttl),
+                        "m": rec.metadata_json,
+                        "ch": encode_json(rec.channels),
+                        "w": encode_json(rec.writers),
+                        "s": rec.state_json,
+                        "v": _token(),
+                    }
                     args = self._pairs(
                         [
                             h["v"],
-                            _token(),
+                            new["v"],
                             session_id,
                             self._ttl_ms(rec.expires_at, now),
-                            _text(rec.last_accessed),
-                            _text(rec.expires_at),
-                            "" if rec.ttl is None else _text(rec.ttl),
-                            rec.metadata_json,
-                            encode_json(rec.channels),
-                            encode_json(rec.writers),
-                            rec.state_json,
+                            new["a"],
+                            new["e"],
+                            new["t"],
+                            new["m"],
+                            new["ch"],
+                            new["w"],
+                            new["s"],
                             _event_text(event),  # after mutate: apply_session_update sets keys
                             self.max_events,
                         ],
                         incr,
                     )
                     keys = [key, ekey, self._x, self._n, p + "u:" + h["u"]]
-                    if self._commit(keys, args) == 1:
+                    reply = self._commit(keys, args)
+                    if reply == 1:
+                        self._guess(session_id, {"u": h["u"], "c": h["c"], **new})
                         return result
+                    h = dict(zip(reply[::2], reply[1::2], strict=True))  # the current record
+                    fresh = True
             except RedisError as exc:
                 raise self._unavailable(f"update of session {session_id!r}", exc) from exc
         raise ServiceUnavailable(
@@ -552,6 +599,7 @@ class RedisSessionStore(SessionStore):
         self._check_write()
         p = self.key_prefix
         keys = [p + "s:" + session_id, p + "e:" + session_id, self._x, self._n, p + "t:" + _token()]
+        self._guesses.pop(session_id, None)
         try:
             return self._delete(keys, [p, session_id, _text(now)]) == 1
         except RedisError as exc:
@@ -587,6 +635,7 @@ class RedisSessionStore(SessionStore):
             raise self._unavailable(f"read of session {session_id!r}", exc) from exc
         if not h or float(h["e"]) <= now:
             return None
+        self._guess(session_id, h)  # the platform updates what it just read
         return _record(session_id, h)
 
     def _fetch(self, ids: list[str]) -> list[dict[str, str]]:
