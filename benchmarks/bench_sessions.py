@@ -5,12 +5,17 @@
    the median of the rounds, and the ratio ours/naive. Targets: update and
    get >= 0.8x of ``NaiveSessionManager``.
 2. ``get_session_metrics`` latency at N sessions (ours is O(1), naive scans).
-3. SQLite, one thread: create / update / get ops/s.
+3. The stores side by side, one thread: memory, SQLite and Redis create /
+   update / get ops/s (and the platform's pair), interleaved rounds. Redis is
+   a redis-server this script starts on a free loopback port (AOF everysec by
+   default, the setting the store's docs recommend); the column is left out
+   when redis-server or redis-py is missing.
 4. SQLite under concurrency: update throughput with 1, 8 and 64 writer threads,
    group commit (the store) vs one transaction per write (the store as it was,
    rebuilt here by :class:`OneTxPerOpStore`), and the platform's call (read +
    update) before and after: read-that-writes + per-op transactions vs pure
    read + group commit.
+5. Redis under concurrency: the same update and platform-call throughput.
 
 Baselines (both update the state in place and validate nothing):
 
@@ -27,14 +32,20 @@ Usage::
 
     .venv/bin/python benchmarks/bench_sessions.py            # everything
     .venv/bin/python benchmarks/bench_sessions.py --no-sqlite --rounds 9
+    .venv/bin/python benchmarks/bench_sessions.py --no-redis
+    .venv/bin/python benchmarks/bench_sessions.py --redis-persistence none
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
+import shutil
+import socket
 import sqlite3
 import statistics
+import subprocess
 import sys
 import tempfile
 import threading
@@ -328,39 +339,47 @@ def sqlite_throughput(
     store = store_cls(path, synchronous=synchronous)
     manager = NexusSessionManager(cleanup_interval=300, store=store)
     try:
-        sids = [manager.create_session(f"u{t}").session_id for t in range(threads)]
-        for sid in sids:
-            manager.update_session_state(sid, INITIAL, channel="api")
-        per = max(1, total // threads)
-        barrier = threading.Barrier(threads + 1)
         touch = store_cls is OneTxPerOpStore  # the old platform read wrote too
-        errors: list[BaseException] = []
-
-        def work(t: int, sid: str) -> None:
-            try:
-                barrier.wait()
-                for _ in range(per):
-                    if platform:
-                        session = manager.get_session(sid, channel="api", user_id=f"u{t}", touch=touch)
-                        assert session is not None
-                    manager.apply_session_update(sid, _turn, channel="api")
-            except BaseException as exc:  # pragma: no cover - reported below
-                errors.append(exc)
-
-        workers = [threading.Thread(target=work, args=(t, s)) for t, s in enumerate(sids)]
-        for w in workers:
-            w.start()
-        barrier.wait()
-        t0 = time.perf_counter()
-        for w in workers:
-            w.join()
-        elapsed = time.perf_counter() - t0
-        if errors:
-            raise errors[0]
-        return per * threads / elapsed
+        return manager_throughput(manager, threads, total, platform, touch)
     finally:
         manager.close()
         store.close()
+
+
+def manager_throughput(
+    manager: NexusSessionManager, threads: int, total: int, platform: bool, touch: bool = False
+) -> float:
+    """Writes (or platform calls: a read, then the update) per second with ``threads``
+    threads, one session each."""
+    sids = [manager.create_session(f"u{t}").session_id for t in range(threads)]
+    for sid in sids:
+        manager.update_session_state(sid, INITIAL, channel="api")
+    per = max(1, total // threads)
+    barrier = threading.Barrier(threads + 1)
+    errors: list[BaseException] = []
+
+    def work(t: int, sid: str) -> None:
+        try:
+            barrier.wait()
+            for _ in range(per):
+                if platform:
+                    session = manager.get_session(sid, channel="api", user_id=f"u{t}", touch=touch)
+                    assert session is not None
+                manager.apply_session_update(sid, _turn, channel="api")
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    workers = [threading.Thread(target=work, args=(t, s)) for t, s in enumerate(sids)]
+    for w in workers:
+        w.start()
+    barrier.wait()
+    t0 = time.perf_counter()
+    for w in workers:
+        w.join()
+    elapsed = time.perf_counter() - t0
+    if errors:
+        raise errors[0]
+    return per * threads / elapsed
 
 
 def sqlite_concurrency(
@@ -390,6 +409,112 @@ def sqlite_concurrency(
             print(f"{threads:>8}{o:>14,.0f}/s{n:>13,.0f}/s{n / o:>7.2f}x")
 
 
+# ---------------------------------------------------------------- Redis
+
+REDIS_PERSISTENCE = {
+    "aof": ["--appendonly", "yes", "--appendfsync", "everysec"],
+    "none": ["--appendonly", "no"],
+}
+
+
+class RedisProcess:
+    """A redis-server on a free loopback port, as the test fixture starts one: ready when
+    its log says so (no sleep), its log drained by a thread so the pipe never fills."""
+
+    def __init__(self, directory: Path, persistence: str) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("no redis-server binary on PATH")
+        if importlib.util.find_spec("redis") is None:
+            raise RuntimeError("redis-py is not installed (pip install 'nexus-lab[redis]')")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            self.port = sock.getsockname()[1]
+        cmd = [
+            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+            "--dir", str(directory), "--logfile", "", *REDIS_PERSISTENCE[persistence],
+        ]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        assert self.proc.stdout is not None
+        lines = []
+        for line in self.proc.stdout:  # blocks until a log line or the server's exit
+            lines.append(line)
+            if "Ready to accept connections" in line:
+                break
+        else:
+            self.proc.wait()
+            raise RuntimeError("redis-server did not start: " + "".join(lines[-3:]))
+        out = self.proc.stdout
+        threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.persistence = persistence
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------- stores side by side
+
+STORE_OPS = ("create", "update", "get", "read (touch=False)", "apply_session_update")
+
+
+def stores_side_by_side(
+    tmp: Path, n: int, rounds: int, metric_calls: int, sqlite: bool, redis_url: str | None
+) -> None:
+    makers: dict[str, Callable[[int], NexusSessionManager]] = {
+        "memory": lambda i: NexusSessionManager(cleanup_interval=300),
+    }
+    if sqlite:
+        makers["SQLite"] = lambda i: NexusSessionManager(
+            cleanup_interval=300, store=f"sqlite:///{tmp / f'bench{i}.db'}"
+        )
+    if redis_url is not None:  # a fresh key prefix per round: every round starts empty
+        makers["Redis"] = lambda i: NexusSessionManager(
+            cleanup_interval=300, store=f"{redis_url}?prefix=bench{i}:"
+        )
+    results: dict[str, list[dict[str, float]]] = {k: [] for k in makers}
+    latency: dict[str, float] = {}
+    for i in range(rounds):  # interleaved: machine noise hits every store alike
+        for name, make in makers.items():
+            result, mgr = measure(lambda make=make, i=i: make(i), n)
+            results[name].append(result)
+            if i == rounds - 1:
+                latency[name] = metrics_latency(mgr, metric_calls)
+            mgr.close()
+    med = {name: _median(r) for name, r in results.items()}
+    print(f"\nstores side by side, one thread (n={n}, median of {rounds} interleaved rounds)")
+    print(f"{'op':<22}" + "".join(f"{name:>14}" for name in makers))
+    for op in STORE_OPS:
+        print(f"{op:<22}" + "".join(f"{med[name][op]:>12,.0f}/s" for name in makers))
+    print(
+        f"{'get_session_metrics':<22}"
+        + "".join(f"{latency[name]:>11.4f} ms" for name in makers)
+    )
+
+
+def redis_concurrency(url: str, rounds: int, total: int, thread_counts: list[int]) -> None:
+    print(
+        f"\nRedis under concurrency (~{total} ops per run, median of {rounds} rounds; one "
+        "session per thread, each thread its own connection)"
+    )
+    print(f"{'threads':>8}{'update':>14}{'platform call':>16}")
+    for threads in thread_counts:
+        figures = []
+        for platform in (False, True):
+            runs = []
+            for r in range(rounds):
+                mgr = NexusSessionManager(
+                    cleanup_interval=300, store=f"{url}?prefix=c{threads}-{platform:d}-{r}:"
+                )
+                try:
+                    runs.append(manager_throughput(mgr, threads, total, platform))
+                finally:
+                    mgr.close()
+            figures.append(statistics.median(runs))
+        print(f"{threads:>8}{figures[0]:>12,.0f}/s{figures[1]:>14,.0f}/s")
+
+
 # ---------------------------------------------------------------- main
 
 
@@ -410,6 +535,13 @@ def main(argv: list[str] | None = None) -> int:
         default="NORMAL",
         choices=["NORMAL", "FULL"],
         help="SQLite synchronous setting of the concurrency section (FULL: fsync per commit)",
+    )
+    parser.add_argument("--no-redis", action="store_true", help="skip the Redis column and section")
+    parser.add_argument(
+        "--redis-persistence",
+        default="aof",
+        choices=sorted(REDIS_PERSISTENCE),
+        help="the redis-server started here: aof (appendonly, fsync every second) or none",
     )
     args = parser.parse_args(argv)
 
@@ -464,28 +596,37 @@ def main(argv: list[str] | None = None) -> int:
     for mgr in last.values():
         mgr.close()
 
-    if not args.no_sqlite:
-        with tempfile.TemporaryDirectory() as tmp:
-            rounds = []
-            for i in range(args.sqlite_rounds):
-                url = f"sqlite:///{Path(tmp) / f'bench{i}.db'}"
-                result, mgr = measure(
-                    lambda url=url: NexusSessionManager(cleanup_interval=300, store=url),
-                    args.sqlite_n,
+    threads = [int(t) for t in args.threads.split(",") if t.strip()]
+    with tempfile.TemporaryDirectory() as tmp_name:
+        tmp = Path(tmp_name)
+        server: RedisProcess | None = None
+        if not args.no_redis:
+            try:
+                server = RedisProcess(tmp, args.redis_persistence)
+                print(
+                    f"\nRedis: redis-server on 127.0.0.1:{server.port}, persistence "
+                    f"{' '.join(REDIS_PERSISTENCE[server.persistence])}"
                 )
-                rounds.append(result)
-                if i == args.sqlite_rounds - 1:
-                    ml_sql = metrics_latency(mgr, args.metric_calls)
-                mgr.close()
-            sql = _median(rounds)
-            print(f"\nSQLite store, one thread (n={args.sqlite_n}, median of {args.sqlite_rounds}):")
-            for op in ("create", "update", "get", "read (touch=False)", "apply_session_update"):
-                print(f"  {op:<22}{sql[op]:>10,.0f}/s")
-            print(f"  get_session_metrics (median): {ml_sql:.4f} ms")
-            threads = [int(t) for t in args.threads.split(",") if t.strip()]
-            sqlite_concurrency(
-                Path(tmp), args.sqlite_rounds, args.sqlite_total, threads, args.synchronous
+            except RuntimeError as exc:
+                print(f"\nRedis column left out: {exc}")
+        try:
+            stores_side_by_side(
+                tmp,
+                args.sqlite_n,
+                args.sqlite_rounds,
+                args.metric_calls,
+                not args.no_sqlite,
+                server.url if server else None,
             )
+            if not args.no_sqlite:
+                sqlite_concurrency(
+                    tmp, args.sqlite_rounds, args.sqlite_total, threads, args.synchronous
+                )
+            if server is not None:
+                redis_concurrency(server.url, args.sqlite_rounds, args.sqlite_total, threads)
+        finally:
+            if server is not None:
+                server.stop()
     return 0
 
 
