@@ -540,7 +540,7 @@ def test_killed_mid_use_then_restarted_same_store_works_again(redis_factory):
 
 def test_hung_server_fails_fast_then_recovers(redis_factory):
     server = redis_factory()
-    store = RedisSessionStore(server.url, socket_timeout=0.3, socket_connect_timeout=0.3)
+    store = RedisSessionStore(server.url, socket_timeout=0.5, socket_connect_timeout=0.5)
     try:
         store.create(record("a", ttl=10_000), 1000.0)
         server.pause()  # SIGSTOP: connections are accepted, nothing answers

@@ -121,7 +121,8 @@ _NESTED = (
     "change the record it is given (nothing was written)"
 )
 _STRIPES = 256  # per-process locks that make writers of one session take turns (power of 2)
-_MAX_ATTEMPTS = 100  # optimistic retries of one update before giving up (503)
+_MAX_ATTEMPTS = 1000  # optimistic attempts of one update before a 503: with 16 processes on one
+# session a writer loses a round with p=15/16, so 100 would starve one in 600; 1000, never
 _MARKER_MS = 60_000  # how long a delete/incr token is remembered (covers any client retry)
 _EXPIRE_CHUNK = 500  # sessions removed per delete_expired script: keeps each script short
 _GUESSES = 1024  # records remembered per store as update's first guess (see update)
@@ -253,8 +254,8 @@ def _num(text: str) -> float:
 
 
 def _text(value: float) -> str:
-    # repr: the shortest text that reads back as the same float (str() is the same in py3,
-    # but repr says why): Lua's tonumber and Redis' sorted-set scores parse it exactly.
+    # repr is the shortest text that reads back as the same float, so Lua's tonumber and
+    # Redis' sorted-set scores (both strtod) see exactly the value the caller's clock gave
     return repr(value)
 
 
