@@ -52,6 +52,7 @@ RATE_ENV = "NEXUS_SCALE_RATE_LIMIT"
 
 __all__ = [
     "API_KEY",
+    "ChildProcess",
     "NGINX_TEMPLATE",
     "RATE_ENV",
     "SCALE_APP",
@@ -204,7 +205,7 @@ class _Lines:
         self._thread.join(timeout)
 
 
-class _Process:
+class ChildProcess:
     """A child process in its own process group, its stdout and stderr read by threads."""
 
     name = "process"
@@ -310,7 +311,7 @@ class _Process:
 
 
 # ----------------------------------------------------------------------------- redis-server
-class RedisProcess(_Process):
+class RedisProcess(ChildProcess):
     """``redis-server`` on a free loopback port, its data in a temp dir of its own.
 
     ``appendonly``: the AOF (``appendfsync`` ``everysec`` by default, ``always``
@@ -421,7 +422,7 @@ def render_nginx_conf(api_upstreams: Iterable[str], mcp_upstreams: Iterable[str]
     return conf
 
 
-class NginxProcess(_Process):
+class NginxProcess(ChildProcess):
     """nginx load-balancing the API and MCP of several hosts, on two free loopback ports.
 
     Example::
@@ -485,7 +486,7 @@ class NginxProcess(_Process):
 
 
 # ----------------------------------------------------------------------------- nexus serve
-class NexusServe(_Process):
+class NexusServe(ChildProcess):
     """``nexus serve APP_REF`` on free ports (``--workers N``: a supervisor and N workers).
 
     Example::
