@@ -384,12 +384,22 @@ class RedisProcess(ChildProcess):
             raise self._fail(f"did not shut down cleanly (exit {code})")
         return code
 
+    def pause(self) -> None:
+        """SIGSTOP: Redis hangs (connections are accepted by the kernel, nothing answers)."""
+        self.proc.send_signal(signal.SIGSTOP)
+
+    def resume(self) -> None:
+        """SIGCONT after :meth:`pause`."""
+        self.proc.send_signal(signal.SIGCONT)
+
     def restart(self, timeout: float = 30.0) -> RedisProcess:
         self.stop()
         return self.start(timeout)
 
     def close(self) -> None:
         try:
+            if self.alive:
+                self.resume()  # a paused server would not act on SIGTERM
             super().close()
         finally:
             shutil.rmtree(self.dir, ignore_errors=True)

@@ -20,9 +20,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
+import json
 import math
 import os
 import re
+import select
+import socket
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -593,6 +596,35 @@ def test_redis_going_away_answers_503_says_degraded_and_recovers_by_itself(
         widget.close()
         local.close()
         manager.close()
+
+
+def test_a_hung_redis_does_not_stall_calls_that_do_not_need_it(procs, redis_bin, redis_store):
+    """Redis hangs (SIGSTOP: connections accepted, nothing answers): ``/health`` waits for its
+    pings to time out, and meanwhile the host keeps answering calls that need no Redis."""
+    redis = procs.add(RedisProcess(binary=redis_bin)).start()
+    (host,) = start_hosts(procs, 1, redis, rate_limit=None)  # sessions in Redis, no rate limit
+    hostport = host.api_addr
+    with client(host.api_url) as c, socket.create_connection(hostport.rsplit(":", 1)) as raw:
+        assert c.post(WHOAMI, json={"inputs": {}}).status_code == 200  # connection open
+        redis.pause()
+        # /health is in the host's hands before the first call below is sent
+        raw.sendall(f"GET /health HTTP/1.1\r\nHost: {hostport}\r\nConnection: close\r\n\r\n"
+                    .encode())
+        answered = 0
+        # whoami needs no session: count the answers that come while /health has none yet
+        while not select.select([raw], [], [], 0)[0] and answered < 200:
+            assert c.post(WHOAMI, json={"inputs": {}}).status_code == 200
+            answered += 1
+        reply = b""
+        while chunk := raw.recv(65536):
+            reply += chunk
+    redis.resume()
+    health = json.loads(reply.split(b"\r\n\r\n", 1)[1])
+    print(f"{answered} calls answered while /health waited on the hung Redis")
+    assert health["status"] == "degraded", health
+    assert answered >= 20, (
+        f"only {answered} calls that need no Redis were answered while /health waited on the "
+        "hung Redis: the health check blocks the host's event loop")
 
 
 @pytest.mark.parametrize(
