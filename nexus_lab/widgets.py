@@ -8,6 +8,7 @@ Example::
     ChannelStatus(app)                   # state / URL / deployments per channel
     SessionInspector(app.session_manager, user_id="user-123")
     MetricsDashboard(app.metrics)
+    LogView(level="ERROR")               # server-side log records captured in this kernel
 
 ipywidgets (and matplotlib, for ``MetricsDashboard``) are imported on first
 access of a name, so ``import nexus_lab.widgets`` itself is cheap.
@@ -19,13 +20,23 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["ChannelStatus", "Dashboard", "LiveWidget", "MetricsDashboard", "SessionInspector"]
+__all__ = [
+    "BenchProgress",
+    "ChannelStatus",
+    "Dashboard",
+    "LiveWidget",
+    "LogView",
+    "MetricsDashboard",
+    "SessionInspector",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
     from .jupyter.widgets import (  # noqa: F401
+        BenchProgress,
         ChannelStatus,
         Dashboard,
         LiveWidget,
+        LogView,
         MetricsDashboard,
         SessionInspector,
     )

@@ -22,10 +22,22 @@ pytest.importorskip("matplotlib")
 import ipywidgets  # noqa: E402
 
 from nexus_lab import AIAssistant, deploy_multi_channel  # noqa: E402
-from nexus_lab.jupyter._refresh import MIN_INTERVAL, Refresher, clamp_interval  # noqa: E402
+from nexus_lab.jupyter._refresh import (  # noqa: E402
+    MIN_INTERVAL,
+    THREAD_NAME,
+    Refresher,
+    clamp_interval,
+    scheduler,
+)
 from nexus_lab.metrics import PerformanceMetrics  # noqa: E402
 from nexus_lab.sessions import NexusSessionManager  # noqa: E402
-from nexus_lab.widgets import ChannelStatus, Dashboard, MetricsDashboard, SessionInspector  # noqa: E402
+from nexus_lab.widgets import (  # noqa: E402
+    ChannelStatus,
+    Dashboard,
+    LogView,
+    MetricsDashboard,
+    SessionInspector,
+)
 
 PNG = b"\x89PNG\r\n\x1a\n"
 DEADLINE = 15.0
@@ -40,6 +52,18 @@ def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str 
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.02)
+
+
+def refresh_threads() -> list[threading.Thread]:
+    return [t for t in threading.enumerate() if t.name == THREAD_NAME and t.is_alive()]
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_subscriptions() -> Iterator[None]:
+    """Every test ends with no widget subscribed, hence no refresh thread."""
+    yield
+    assert scheduler().subscriptions == 0, "a widget of this test was left refreshing"
+    assert refresh_threads() == []
 
 
 @pytest.fixture
@@ -308,24 +332,61 @@ def test_metrics_dashboard_accepts_an_app(make_app, closing) -> None:
 
 
 # ----------------------------------------------------------------------------- Dashboard
-def test_dashboard_has_three_tabs_and_closes_them(make_app) -> None:
+def test_dashboard_has_four_tabs_on_one_thread_and_closes_them(make_app) -> None:
     app = make_app(enable_monitoring=True)
     deploy_multi_channel(AIAssistant(), app, "assistant")
+    app.session_manager.create_session(user_id="u")
     dash = Dashboard(app, refresh_interval=0.1)
     try:
         assert isinstance(dash, ipywidgets.Tab)
-        assert tuple(dash.titles) == ("Channels", "Sessions", "Metrics")
-        assert [type(c) for c in dash.children] == [ChannelStatus, SessionInspector, MetricsDashboard]
+        assert tuple(dash.titles) == ("Channels", "Sessions", "Metrics", "Server log")
+        assert [type(c) for c in dash.children] == [ChannelStatus, SessionInspector, MetricsDashboard, LogView]
         assert dash.sessions.manager is app.session_manager
         assert dash.metrics.metrics is app.metrics
-        threads = [v.thread for v in dash.views]
-        assert all(t is not None and t.is_alive() for t in threads)
+        threads = {v.thread for v in dash.views}
+        assert len(threads) == 1  # one shared refresh thread for the four views
+        (thread,) = threads
+        assert thread.is_alive() and thread.name == THREAD_NAME and thread.daemon
+        assert all(v.watches(app) for v in dash.views)
     finally:
         dash.close()
-    assert not any(t.is_alive() for t in threads)
+    assert not thread.is_alive()  # the last subscription gone: the thread ended
     assert all(v.closed and v.comm is None for v in dash.views)
     assert dash.comm is None
     dash.close()  # idempotent
+
+
+def test_a_dashboard_never_creates_a_session_manager(make_app) -> None:
+    app = make_app()
+    deploy_multi_channel(AIAssistant(), app, "assistant")
+    before = set(threading.enumerate())
+    dash = Dashboard(app, auto_refresh=False)
+    try:
+        assert app._session_manager is None  # no manager (and no cleanup thread) made to show none
+        assert dash.sessions.session_ids == []
+        assert "no session manager" in dash.sessions.summary_view.value
+        session = app.session_manager.create_session(user_id="later")  # the app makes one later
+        dash.refresh()
+        assert dash.sessions.session_ids == [session.session_id]
+    finally:
+        dash.close()
+    assert [t for t in threading.enumerate() if t not in before and t.name == THREAD_NAME] == []
+
+
+def test_four_dashboards_one_thread(make_app) -> None:
+    app = make_app(enable_monitoring=True)
+    before = set(threading.enumerate())
+    dashboards = [Dashboard(app, refresh_interval=0.1) for _ in range(4)]
+    try:
+        started = [t.name for t in threading.enumerate() if t not in before]
+        assert started == [THREAD_NAME]
+        assert scheduler().subscriptions == 16
+        wait_for(lambda: all(v.refresh_count >= 2 for d in dashboards for v in d.views),
+                 what="every view to refresh from the one thread")
+    finally:
+        for dash in dashboards:
+            dash.close()
+    assert [t for t in threading.enumerate() if t not in before] == []
 
 
 # ----------------------------------------------------------------------------- refresher
@@ -333,13 +394,17 @@ def test_close_stops_the_thread_and_is_idempotent(make_app) -> None:
     app = make_app()
     metrics = PerformanceMetrics()
     manager = app.session_manager
-    for widget in (ChannelStatus(app), SessionInspector(manager), MetricsDashboard(metrics)):
+    makers = (lambda: ChannelStatus(app), lambda: SessionInspector(manager),
+              lambda: MetricsDashboard(metrics), LogView)
+    for make in makers:  # one at a time: each is the thread's only subscriber
+        widget = make()
         thread = widget.thread
         assert thread is not None and thread.is_alive() and thread.daemon
+        assert widget.refreshing
         children = list(widget.children)
         widget.close()
-        assert not thread.is_alive()
-        assert widget.thread is None
+        assert not thread.is_alive()  # it was the only subscriber
+        assert widget.thread is None and not widget.refreshing
         assert widget.comm is None
         assert all(child.comm is None for child in children)
         widget.close()
@@ -360,10 +425,11 @@ def test_auto_refresh_can_be_paused_and_resumed(manager) -> None:
     try:
         first = inspector.thread
         inspector.auto_refresh = False
-        assert inspector.thread is None and not first.is_alive()
+        assert inspector.thread is None and not first.is_alive() and not inspector.refreshing
         inspector.auto_refresh = True
         second = inspector.thread
         assert second is not None and second.is_alive() and second is not first
+        assert inspector.refreshing
         inspector.refresh_interval = 0.0
         assert inspector.refresh_interval == MIN_INTERVAL
         assert inspector._refresher.interval == MIN_INTERVAL
@@ -503,10 +569,11 @@ def test_widget_text_reprs_are_stable(make_app) -> None:
             dash.close()
     assert texts[0] == texts[1]
     assert texts[0] == [
-        "Dashboard(tabs=['Channels', 'Sessions', 'Metrics'])",
+        "Dashboard(tabs=['Channels', 'Sessions', 'Metrics', 'Server log'])",
         "ChannelStatus(refresh_interval=0.2)",
         "SessionInspector(user_filter='', refresh_interval=0.2)",
         "MetricsDashboard(refresh_interval=0.2)",
+        "LogView(level='INFO', refresh_interval=0.2)",
     ]
 
 
@@ -514,7 +581,8 @@ def test_public_module_exports() -> None:
     import nexus_lab.jupyter.widgets as impl
     import nexus_lab.widgets as public
 
-    for name in ("ChannelStatus", "SessionInspector", "MetricsDashboard", "Dashboard"):
+    for name in ("ChannelStatus", "SessionInspector", "MetricsDashboard", "Dashboard", "LogView",
+                 "BenchProgress"):
         assert getattr(public, name) is getattr(impl, name)
     with pytest.raises(AttributeError):
         public.Nope  # noqa: B018
@@ -526,3 +594,154 @@ def test_chart_shows_channels_not_their_per_deployment_copies() -> None:
     assert chart_categories(["workflow:a", "mcp", "api", "deployment"]) == ["api", "mcp", "deployment"]
     assert chart_categories(["workflow:a", "custom"]) == ["workflow:a", "custom"]
     assert chart_categories([]) == []
+
+
+# ----------------------------------------------------------------------------- charts
+def _metrics_with_outlier() -> PerformanceMetrics:
+    metrics = PerformanceMetrics()
+    t = 1_800_000_000.0
+    metrics.record("api", 0.0045, timestamp=t)  # one early outlier, then calls of ~0.3-0.5 ms
+    metrics.record("agent:api", 0.004, timestamp=t)
+    for i in range(1, 60):
+        metrics.record("api", 0.0003 + (i % 5) * 0.00005, timestamp=t + i)
+        metrics.record("agent:api", 0.0001, timestamp=t + i)
+        metrics.record("workflow:assistant", 0.0003, timestamp=t + i)
+        if i % 3 == 0:
+            metrics.record("mcp", 0.002, timestamp=t + i)
+            metrics.record("agent:mcp", 0.0001, timestamp=t + i)
+    return metrics
+
+
+def test_chart_draws_callers_and_agent_time_but_no_workflow_copy() -> None:
+    from nexus_lab.jupyter.charts import LatencyChart
+
+    chart = LatencyChart()
+    png = chart.render(_metrics_with_outlier())
+    assert png.startswith(PNG)
+    drawn = {c: line for c, line in chart._lines.items() if len(line.get_xdata())}
+    assert set(drawn) == {"api", "agent:api", "mcp", "agent:mcp"}
+    assert drawn["agent:api"].get_linestyle() == "--" and drawn["api"].get_linestyle() == "-"
+    assert drawn["agent:api"].get_color() == drawn["api"].get_color()
+    labels = [t.get_text() for t in chart.ax_time.get_legend().get_texts()]
+    assert labels == ["api", "mcp", "api: agent's own", "mcp: agent's own"]
+
+
+def test_one_outlier_does_not_set_the_scale() -> None:
+    from nexus_lab.jupyter.charts import LatencyChart, clip_limit
+
+    chart = LatencyChart()
+    chart.render(_metrics_with_outlier())
+    top = chart.ax_time.get_ylim()[1]
+    assert chart.clipped == 1 and chart.clipped_at is not None
+    assert top < 4.5 / 2  # not the 4.5 ms outlier: the axis stops near p99
+    assert "clipped at p99" in chart._clip_text.get_text() and "4.5 ms" in chart._clip_text.get_text()
+    # drawn as marks on the top edge: the caller's sample and the agent's part of it
+    assert len(chart._clipped_marks.get_xdata()) == 2
+    assert clip_limit([1.0, 2.0, 3.0]) is None and clip_limit([2.0] * 10) is None
+
+
+def test_metrics_chart_fallback_has_one_row_per_channel_and_the_legend_below() -> None:
+    from nexus_lab.jupyter.results import MetricsChart
+
+    chart = MetricsChart(_metrics_with_outlier().get_summary())
+    assert chart.categories == ["api", "mcp"]  # no workflow:NAME, no agent:* rows
+    assert chart._repr_png_().startswith(PNG)
+
+
+# ----------------------------------------------------------------------------- log view
+def test_log_view_shows_the_captured_server_records(closing) -> None:
+    import logging
+
+    from nexus_lab.jupyter.logs import LogCapture
+
+    capture = LogCapture()
+    view = closing(LogView(refresh_interval=0.1, capture=capture, level="WARNING"))
+    assert view.entries == [] and "No server log records" in view.view.value
+    record = logging.LogRecord("nexus_lab.http", logging.ERROR, __file__, 1,
+                               "deployment 'x' failed (error id abc123def456)", None, None)
+    try:
+        raise ZeroDivisionError("division by zero")
+    except ZeroDivisionError:
+        import sys
+
+        record.exc_info = sys.exc_info()
+    capture.handle(record)
+    capture.handle(logging.LogRecord("nexus_lab", logging.INFO, __file__, 1, "serving", None, None))
+    wait_for(lambda: len(view.entries) == 1, what="the record in the view")
+    (entry,) = view.entries
+    assert entry["error_id"] == "abc123def456" and "ZeroDivisionError" in entry["traceback"]
+    assert "<details>" in view.view.value and "abc123def456" in view.view.value
+    view.level = "info"
+    assert view.level == "INFO" and len(view.entries) == 2  # re-read at once
+    with pytest.raises(Exception, match="unknown log level"):  # noqa: B017 - traitlets wraps it
+        view.level = "LOUD"
+    assert capture.traceback_for("abc123def456").startswith("Traceback")
+
+
+# ----------------------------------------------------------------------------- pause / resume
+def test_pause_and_resume_widgets_of_one_app(make_app, closing) -> None:
+    from nexus_lab.jupyter.widgets import pause_widgets, resume_widgets
+
+    app, other = make_app(), make_app()
+    mine = closing(ChannelStatus(app, refresh_interval=0.1))
+    theirs = closing(ChannelStatus(other, refresh_interval=0.1))
+    metrics = closing(MetricsDashboard(app, refresh_interval=0.1))
+    count = mine.refresh_count
+    paused = pause_widgets(app)
+    assert set(paused) == {mine, metrics}
+    assert mine.refresh_count > count  # a last refresh before pausing
+    assert not mine.refreshing and not metrics.refreshing and theirs.refreshing
+    assert repr(mine) == "ChannelStatus(refresh_interval=0.1, auto_refresh=False)"
+    resume_widgets(paused)
+    assert mine.refreshing and metrics.refreshing
+    assert pause_widgets(None) and not theirs.refreshing
+    assert refresh_threads() == []
+
+
+def test_stop_waits_for_a_tick_in_progress() -> None:
+    class Slow:
+        def __init__(self) -> None:
+            self.inside = threading.Event()
+            self.leave = threading.Event()
+            self.after_stop = False
+            self.stopped = False
+
+        def _tick(self) -> None:
+            self.inside.set()
+            self.leave.wait(DEADLINE)
+            if self.stopped:
+                self.after_stop = True
+
+    target = Slow()
+    refresher = Refresher(target, 0.1)
+    refresher.start()
+    assert target.inside.wait(DEADLINE)
+    stopper = threading.Thread(target=refresher.stop)
+    stopper.start()
+    stopper.join(0.2)
+    assert stopper.is_alive()  # stop() waits: the tick is still running
+    target.leave.set()
+    stopper.join(DEADLINE)
+    assert not stopper.is_alive() and not refresher.is_alive
+    target.stopped = True
+    assert refresh_threads() == []
+
+
+# ----------------------------------------------------------------------------- bench view
+def test_bench_progress_fills_in() -> None:
+    from nexus_lab.jupyter.bench import BenchSnapshot
+    from nexus_lab.widgets import BenchProgress
+
+    view = BenchProgress("assistant", "api", total=10)
+    try:
+        samples = [(i * 0.1, 0.001 * (1 + i % 3), True) for i in range(5)]
+        view.update(BenchSnapshot(done=5, errors=0, elapsed=0.5, total=10, duration=None, samples=samples))
+        assert view.bar.value == 0.5
+        assert "5/10 requests" in view.label.value
+        assert bytes(view.image.value).startswith(PNG) and view.frames == 1
+        view.update(BenchSnapshot(done=10, errors=2, elapsed=1.0, total=10, duration=None, samples=samples))
+        assert view.bar.value == 1.0 and "2 failed" in view.label.value
+        assert repr(view) == "BenchProgress(name='assistant', channel='api')"
+    finally:
+        view.close()
+    assert view.comm is None

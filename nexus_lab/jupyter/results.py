@@ -7,22 +7,28 @@ outputs compare equal from run to run (nbval compares ``text/plain`` and
 (``CallResult.session_id``, ``PlatformStatus.api_url``, ...).
 
 ================  ==============================================  =========================
-class             returned by                                     volatile parts in HTML
+class             returned by                                     volatile parts
 ================  ==============================================  =========================
-CallResult        ``%nexus call``, ``%%nexus call``               none
+CallResult        ``%nexus call``, ``%%nexus call``               the session id
+CallError         ``%nexus last-error`` (a failed call)           error id, traceback
 PlatformStatus    ``%nexus start``, ``stop``, ``status``          URLs (while serving)
-SessionTable      ``%nexus sessions``                             none
+SessionTable      ``%nexus sessions``                             session ids
 MetricsSummary    ``%nexus metrics``                              the latency figures
 MetricsChart      ``%nexus metrics --plot`` without ipywidgets    (a PNG)
+LogTable          ``%nexus logs``                                 times, error ids
 ================  ==============================================  =========================
+
+Session ids are shown short (``'5d1c2e7a…'`` in text; in HTML the whole id
+sits in a ``<code class='nexus-sid'>`` cut to 8 characters on screen, so
+selecting it copies the full id). ``notebooks/nbval-sanitize.cfg`` masks them.
 
 None of these classes imports IPython.
 
 Example::
 
     r = %nexus call assistant query="hi"
-    r                  # CallResult(name='assistant', channel='api', response='[mock:mock-model] You said: hi')
-    r.session_id       # '5d1c...' (or None for a deployment without sessions)
+    r                  # CallResult(name='assistant', channel='api', session='5d1c2e7a…', response='...')
+    r.session_id       # '5d1c2e7a...' (the full id; None for a deployment without sessions)
     r.outputs          # {'response': '[mock:mock-model] You said: hi'}
     r.json             # {'outputs': {...}, 'session_id': ..., 'execution_time_ms': ...}
 """
@@ -37,14 +43,43 @@ from typing import Any
 
 __all__ = [
     "CallResult",
+    "CallError",
     "PlatformStatus",
     "SessionRow",
     "SessionTable",
     "MetricsSummary",
     "MetricsChart",
+    "LogTable",
+    "short_id",
+    "session_id_html",
 ]
 
 _esc = html.escape
+
+#: Characters of a session id shown (the rest is one click-and-copy away).
+SHORT_ID = 8
+
+
+def short_id(session_id: str) -> str:
+    """The first characters of an id and an ellipsis: ``'5d1c2e7a…'`` (short ids unchanged).
+
+    >>> short_id("5d1c2e7a9b0f4e11"), short_id("abc")
+    ('5d1c2e7a…', 'abc')
+    """
+    return session_id if len(session_id) <= SHORT_ID + 1 else session_id[:SHORT_ID] + "\u2026"
+
+
+def session_id_html(session_id: str) -> str:
+    """The whole id in a ``<code>`` cut to 8 characters on screen (selecting it copies all of it).
+
+    The ``title`` shows the whole id on hover. nbval masks it by its class.
+    """
+    sid = _esc(session_id)
+    return (
+        f"<code class='nexus-sid' title='{sid}' style='display:inline-block;max-width:9ch;"
+        "overflow:hidden;text-overflow:ellipsis;white-space:nowrap;vertical-align:bottom;"
+        f"user-select:all'>{sid}</code>"
+    )
 
 #: How each transport is named in a result.
 TRANSPORTS = ("http", "mcp", "cli", "in-process")
@@ -101,11 +136,12 @@ class CallResult:
 
     def __repr__(self) -> str:
         via = ", via='in-process'" if self.in_process else ""
+        session = f", session={short_id(self.session_id)!r}" if self.session_id else ""
         if isinstance(self.outputs, dict) and "response" in self.outputs:
             shown = f"response={self.outputs['response']!r}"
         else:
             shown = f"outputs={self.outputs!r}"
-        return f"CallResult(name={self.name!r}, channel={self.channel!r}{via}, {shown})"
+        return f"CallResult(name={self.name!r}, channel={self.channel!r}{via}{session}, {shown})"
 
     def _repr_html_(self) -> str:
         value = self.response
@@ -120,13 +156,85 @@ class CallResult:
             "in-process": "in-process (platform not running)",
         }.get(self.transport, _esc(self.transport))
         session = (
-            "session: yes (id in <code>.session_id</code>)" if self.session_id else "no session"
+            f"session {session_id_html(self.session_id)} (<code>.session_id</code>)"
+            if self.session_id
+            else "no session"
         )
         return (
             "<div class='nexus-call'>"
             f"<div><b>{_esc(self.name)}</b> &middot; channel <code>{_esc(self.channel)}</code>"
             f" &middot; {via}</div>{body}"
             f"<div style='opacity:.7;font-size:smaller'>{session}</div></div>"
+        )
+
+
+@dataclass(repr=False)
+class CallError:
+    """A failed ``%nexus call``: what ``%nexus last-error`` returns.
+
+    The magic raises one line (``UsageError``) naming the error type, the
+    message and the error id; the rest is here.
+
+    Attributes:
+        name, channel, transport: as in :class:`CallResult`.
+        error_type: the platform's error type (``agent_error``, ``validation_error`` ...).
+        message: what went wrong, one line; for an agent failure the agent's
+            own exception (``ZeroDivisionError: division by zero``) when this
+            kernel captured the server's log of it, else the server's message.
+        error_id: the id the server logged the failure under (agent and
+            internal errors), or None.
+        traceback: the agent's full traceback when known (the platform runs in
+            this kernel, or the call ran in-process), else None.
+        http_status: the HTTP status the error maps to.
+        exit_code: the exit status of ``nexus run`` (channel ``cli``).
+        exception: the :mod:`nexus_lab.errors` exception the client raised.
+    """
+
+    name: str
+    channel: str
+    transport: str
+    error_type: str
+    message: str
+    error_id: str | None = None
+    traceback: str | None = None
+    http_status: int | None = None
+    exit_code: int | None = None
+    exception: BaseException | None = None
+
+    def line(self, where: str | None = None) -> str:
+        """The one line the magic shows: ``assistant via api: ValueError: boom [agent_error, error id 3f..]``."""
+        where = where or f"{self.name} via {self.channel}"
+        tags = [self.error_type]
+        if self.error_id:
+            tags.append(f"error id {self.error_id}")
+        elif self.http_status:
+            tags.append(f"HTTP {self.http_status}")
+        elif self.exit_code is not None:
+            tags.append(f"exit {self.exit_code}")
+        tail = "; traceback: %nexus last-error" if self.traceback else ""
+        return f"{where}: {self.message} [{', '.join(tags)}]{tail}"
+
+    def __str__(self) -> str:
+        return self.line()
+
+    def __repr__(self) -> str:  # no error id: stable in notebook outputs
+        return (
+            f"CallError(name={self.name!r}, channel={self.channel!r}, "
+            f"error_type={self.error_type!r}, message={self.message!r})"
+        )
+
+    def _repr_html_(self) -> str:
+        eid = f" &middot; error id <code>{_esc(self.error_id)}</code>" if self.error_id else ""
+        tb = (
+            f"<pre class='nexus-traceback' style='font-size:smaller'>{_esc(self.traceback)}</pre>"
+            if self.traceback
+            else "<p style='opacity:.7'>No traceback here: the server logged it under the error id.</p>"
+        )
+        return (
+            "<div class='nexus-call-error'>"
+            f"<div><b>{_esc(self.name)}</b> &middot; channel <code>{_esc(self.channel)}</code>"
+            f" &middot; <code>{_esc(self.error_type)}</code>{eid}</div>"
+            f"<div style='color:#b91c1c'>{_esc(self.message)}</div>{tb}</div>"
         )
 
 
@@ -210,7 +318,7 @@ class PlatformStatus:
 # --------------------------------------------------------------------------- sessions
 @dataclass(frozen=True, repr=False)
 class SessionRow:
-    """One session as ``%nexus sessions`` shows it (the id is kept, not shown)."""
+    """One session as ``%nexus sessions`` shows it (the id shown short)."""
 
     user: str
     channels: tuple[str, ...]
@@ -220,8 +328,8 @@ class SessionRow:
 
     def __repr__(self) -> str:
         return (
-            f"SessionRow(user={self.user!r}, channels={list(self.channels)!r}, "
-            f"keys={list(self.keys)!r}, turns={self.turns!r})"
+            f"SessionRow(id={short_id(self.session_id)!r}, user={self.user!r}, "
+            f"channels={list(self.channels)!r}, keys={list(self.keys)!r}, turns={self.turns!r})"
         )
 
 
@@ -229,8 +337,14 @@ class SessionTable:
     """The sessions of a platform, oldest first (``%nexus sessions``).
 
     Iterable and indexable (rows are :class:`SessionRow`); ``.session_ids``
-    lists the ids and ``.sessions`` the :class:`~nexus_lab.sessions.Session`
-    snapshots.
+    lists the full ids, ``.sessions`` the :class:`~nexus_lab.sessions.Session`
+    snapshots and :meth:`to_dataframe` one row per session.
+
+    Example::
+
+        table = %nexus sessions
+        table[0].session_id                  # the full id of the oldest session
+        table.to_dataframe()[["user", "turns"]]
     """
 
     def __init__(self, sessions: list[Any], user: str | None = None) -> None:
@@ -260,13 +374,40 @@ class SessionTable:
     def __getitem__(self, index: int) -> SessionRow:
         return self.rows[index]
 
+    def to_dataframe(self) -> Any:
+        """One row per session (needs pandas): ``session_id`` (full), ``user``,
+        ``channels``, ``keys``, ``turns``, ``created_at``, ``last_accessed``,
+        ``expires_at`` (UTC timestamps)."""
+        import pandas as pd
+
+        columns = ["session_id", "user", "channels", "keys", "turns",
+                   "created_at", "last_accessed", "expires_at"]
+        records = [
+            {
+                "session_id": s.session_id,
+                "user": r.user,
+                "channels": list(r.channels),
+                "keys": list(r.keys),
+                "turns": r.turns,
+                "created_at": s.created_at,
+                "last_accessed": s.last_accessed,
+                "expires_at": s.expires_at,
+            }
+            for s, r in zip(self.sessions, self.rows, strict=True)
+        ]
+        frame = pd.DataFrame.from_records(records, columns=columns)
+        for col in ("created_at", "last_accessed", "expires_at"):
+            frame[col] = pd.to_datetime(frame[col], unit="s", utc=True)
+        return frame
+
     def __repr__(self) -> str:
         who = f", user={self.user!r}" if self.user is not None else ""
         head = f"SessionTable({len(self.rows)} session{'s' if len(self.rows) != 1 else ''}{who})"
         lines = [head]
         for r in self.rows:
             lines.append(
-                f"  user={r.user!r} channels={list(r.channels)!r} keys={list(r.keys)!r} turns={r.turns}"
+                f"  id={short_id(r.session_id)!r} user={r.user!r} channels={list(r.channels)!r} "
+                f"keys={list(r.keys)!r} turns={r.turns}"
             )
         return "\n".join(lines)
 
@@ -275,12 +416,14 @@ class SessionTable:
             who = f" for user <code>{_esc(self.user)}</code>" if self.user is not None else ""
             return f"<p class='nexus-sessions'><b>Sessions</b>: none{who}</p>"
         body = "".join(
-            f"<tr><td>{_esc(r.user)}</td><td>{_esc(', '.join(r.channels)) or '&mdash;'}</td>"
+            f"<tr><td>{session_id_html(r.session_id)}</td><td>{_esc(r.user)}</td>"
+            f"<td>{_esc(', '.join(r.channels)) or '&mdash;'}</td>"
             f"<td>{_esc(', '.join(r.keys)) or '&mdash;'}</td><td>{r.turns}</td></tr>"
             for r in self.rows
         )
         return (
-            "<table class='nexus-sessions'><caption>Sessions</caption><thead><tr><th>user</th>"
+            "<table class='nexus-sessions'><caption>Sessions (select an id to copy it whole; "
+            "<code>.session_ids</code>)</caption><thead><tr><th>id</th><th>user</th>"
             "<th>channels</th><th>state keys</th><th>turns</th></tr></thead>"
             f"<tbody>{body}</tbody></table>"
         )
@@ -406,3 +549,69 @@ def _render_png(summary: Mapping[str, Mapping[str, Any]], names: list[str]) -> b
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     return buf.getvalue()
+
+
+# --------------------------------------------------------------------------- logs
+def _clock(ts: float) -> str:
+    """Local wall-clock time ``HH:MM:SS.mmm``."""
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(ts)) + f".{int((ts % 1) * 1000):03d}"
+
+
+_LEVEL_COLORS = {"ERROR": "#b91c1c", "CRITICAL": "#b91c1c", "WARNING": "#b45309"}
+
+
+def log_table_html(entries: list[Any]) -> str:
+    """The captured log records (:class:`~nexus_lab.jupyter.logs.LogEntry`), newest first;
+    tracebacks folded in a ``<details>``. Shared by ``%nexus logs`` and the dashboard."""
+    if not entries:
+        return ("<p class='nexus-empty'>No server log records: agent failures and server errors "
+                "appear here instead of under a random cell.</p>")
+    cell = "text-align:left;padding:1px 8px 1px 0;vertical-align:top"
+    head = "".join(f"<th style='{cell}'>{h}</th>" for h in ("time", "level", "logger", "message"))
+    rows = []
+    for e in reversed(entries):
+        color = _LEVEL_COLORS.get(e.level, "#374151")
+        text = _esc(e.message if len(e.message) <= 500 else e.message[:499] + "\u2026")
+        if e.traceback:
+            text = (f"<details><summary>{text}</summary>"
+                    f"<pre style='font-size:smaller'>{_esc(e.traceback)}</pre></details>")
+        rows.append(
+            f"<tr class='nexus-log nexus-log-{_esc(e.level.lower())}'>"
+            f"<td style='{cell}'>{_clock(e.created)}</td>"
+            f"<td style='{cell}'><b style='color:{color}'>{_esc(e.level)}</b></td>"
+            f"<td style='{cell}'><code>{_esc(e.logger)}</code></td><td style='{cell}'>{text}</td></tr>"
+        )
+    return (f"<table class='nexus-log-table' style='border-collapse:collapse;margin:2px 0'>"
+            f"<thead><tr>{head}</tr></thead><tbody>{''.join(rows)}</tbody></table>")
+
+
+class LogTable:
+    """Server-side log records captured in this kernel (``%nexus logs``), oldest first.
+
+    ``entries`` holds the :class:`~nexus_lab.jupyter.logs.LogEntry` records;
+    the ``repr`` shows only how many there are per level.
+    """
+
+    def __init__(self, entries: list[Any], level: str = "WARNING") -> None:
+        self.entries = list(entries)
+        self.level = level
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __iter__(self) -> Iterator[Any]:
+        return iter(self.entries)
+
+    def __getitem__(self, index: int) -> Any:
+        return self.entries[index]
+
+    def __repr__(self) -> str:
+        counts: dict[str, int] = {}
+        for e in self.entries:
+            counts[e.level] = counts.get(e.level, 0) + 1
+        return f"LogTable(level={self.level!r}, records={counts!r})"
+
+    def _repr_html_(self) -> str:
+        return log_table_html(self.entries)

@@ -5,17 +5,25 @@
   per-channel activity and event timeline.
 * :class:`MetricsDashboard` - latency charts (matplotlib Agg -> PNG) and a
   p50/p95/p99 table.
-* :class:`Dashboard` - the three in a ``Tab``.
+* :class:`LogView` - the server-side log records captured in this kernel
+  (:mod:`nexus_lab.jupyter.logs`), tracebacks folded.
+* :class:`Dashboard` - the four in a ``Tab``.
 
 Everything a view shows is also held in plain traitlets (``states``,
 ``session_ids``, ``summary``, ...), so tests and code can read it without a
-browser. Each widget refreshes itself from ONE daemon thread
-(:mod:`nexus_lab.jupyter._refresh`) at a bounded rate (``refresh_interval``,
-at least 0.1 s), never blocks a cell, batches its updates with
-``hold_sync()`` and only sends what changed. A failing refresh is logged and
-recorded in the ``error`` trait (cleared by the next good refresh); the thread
-keeps going. ``close()`` stops the thread (idempotent, joins it) and closes the
-child widgets; closing the widget from the front end does the same.
+browser. All widgets of a kernel refresh from ONE shared daemon thread
+(:mod:`nexus_lab.jupyter._refresh`), each at its own bounded rate
+(``refresh_interval``, at least 0.1 s); they never block a cell, batch their
+updates with ``hold_sync()`` and only send what changed. A failing refresh is
+logged and recorded in the ``error`` trait (cleared by the next good refresh);
+the thread keeps going. ``close()`` unsubscribes (idempotent; a refresh in
+progress finishes first) and closes the child widgets; closing the widget from
+the front end does the same. The shared thread ends with the last subscription.
+
+:func:`pause_widgets` is what ``%nexus stop`` and ``%unload_ext nexus_lab``
+call: each live view of that platform (or every one) refreshes a last time -
+so it shows "stopped" - and stops refreshing, but stays on screen;
+:func:`resume_widgets` (``%nexus start``) brings them back.
 
 Watching never changes what is watched: the session inspector reads through
 ``list_sessions`` and ``get_session_events``, which neither record read events
@@ -37,6 +45,7 @@ import html
 import logging
 import threading
 import time
+import weakref
 from typing import Any
 
 import ipywidgets as widgets
@@ -54,8 +63,20 @@ from ..render import (
     value_text,
 )
 from ._refresh import Refresher, clamp_interval
+from .results import log_table_html
 
-__all__ = ["ChannelStatus", "SessionInspector", "MetricsDashboard", "Dashboard", "LiveWidget"]
+__all__ = [
+    "ChannelStatus",
+    "SessionInspector",
+    "MetricsDashboard",
+    "LogView",
+    "Dashboard",
+    "BenchProgress",
+    "LiveWidget",
+    "live_widgets",
+    "pause_widgets",
+    "resume_widgets",
+]
 
 logger = logging.getLogger("nexus_lab.jupyter")
 
@@ -100,10 +121,13 @@ class LiveWidget(widgets.VBox):
     _closed = False
     _ready = False
     _error_label: widgets.HTML | None = None
+    #: The platform this view belongs to (``%nexus stop`` pauses its views), if known.
+    owner: Any = None
 
     def __init__(self, refresh_interval: float, auto_refresh: bool,
                  children: list[widgets.Widget], **kwargs: Any) -> None:
         self._lock = threading.RLock()
+        _LIVE.add(self)
         self._error_label = widgets.HTML(value="", layout=widgets.Layout(display="none"))
         self._error_label.add_class("nexus-refresh-error")
         super().__init__(refresh_interval=clamp_interval(refresh_interval), auto_refresh=False,
@@ -135,6 +159,10 @@ class LiveWidget(widgets.VBox):
             self._refresher.stop()
             self._refresher = None
 
+    def watches(self, app: Any) -> bool:
+        """Whether this view shows (part of) ``app``: ``%nexus stop`` pauses such views."""
+        return self.owner is app
+
     @observe("error")
     def _error_changed(self, change: Any) -> None:
         label = self._error_label
@@ -153,8 +181,14 @@ class LiveWidget(widgets.VBox):
     # -- refreshing -----------------------------------------------------------------
     @property
     def thread(self) -> threading.Thread | None:
-        """The refresher thread (None when auto refresh is off or the widget is closed)."""
+        """The shared refresh thread while this view is subscribed (None when auto refresh
+        is off or the widget is closed)."""
         return self._refresher.thread if self._refresher is not None else None
+
+    @property
+    def refreshing(self) -> bool:
+        """Whether the shared thread refreshes this view."""
+        return self._refresher is not None and self._refresher.is_alive
 
     def refresh(self) -> None:
         """Update now, in the calling thread; a failure is recorded in ``error`` and raised."""
@@ -263,6 +297,7 @@ class ChannelStatus(LiveWidget):
 
     def __init__(self, app: Any, refresh_interval: float = 0.5, auto_refresh: bool = True) -> None:
         self.app = app
+        self.owner = app
         self.view = widgets.HTML(value="")
         self.view.add_class("nexus-channel-status")
         super().__init__(refresh_interval, auto_refresh, children=[self.view])
@@ -378,8 +413,12 @@ class SessionInspector(LiveWidget):
 
     def __init__(self, manager: Any, refresh_interval: float = 0.5, auto_refresh: bool = True,
                  user_id: str | None = None, *, max_sessions: int = 200) -> None:
-        if not hasattr(manager, "list_sessions") and hasattr(manager, "session_manager"):
-            manager = manager.session_manager  # a Nexus app
+        # hasattr on the type: on the instance the property would create a manager
+        if not hasattr(manager, "list_sessions") and hasattr(type(manager), "session_manager"):
+            self.owner = manager  # a Nexus app
+            # its manager if it has one; asking app.session_manager would create one
+            # (and its cleanup thread) just to show that there are no sessions
+            manager = _existing_manager(manager)
         self.manager = manager
         self.max_sessions = max(1, int(max_sessions))
         self._internal: int | None = None  # id of the thread applying an update
@@ -412,6 +451,17 @@ class SessionInspector(LiveWidget):
 
     def _repr_args(self) -> str:
         return f"user_filter={self.user_filter!r}"
+
+    def watches(self, app: Any) -> bool:
+        # the manager of one of the app's deployments (read without creating the app's own)
+        if super().watches(app):
+            return True
+        if self.manager is None:
+            return False
+        if getattr(app, "_session_manager", None) is self.manager:
+            return True
+        deployments = getattr(app, "deployments", None) or {}
+        return any(getattr(d, "session_manager", None) is self.manager for d in deployments.values())
 
     def _child_widgets(self) -> list[widgets.Widget]:
         names = ("filter_box", "session_list", "summary_view", "state_view", "activity_view",
@@ -456,7 +506,12 @@ class SessionInspector(LiveWidget):
         return [s for s in sessions if low in str(s.user_id).lower()]
 
     def _update(self, force: bool) -> None:
+        if self.manager is None and self.owner is not None:
+            self.manager = _existing_manager(self.owner)  # the app made one since
         manager = self.manager
+        if manager is None:
+            self._show_no_manager()
+            return
         now = time.monotonic()
         listed: list[Any] | None = None
         unknown = self.selected is not None and self.selected not in self._users
@@ -528,6 +583,27 @@ class SessionInspector(LiveWidget):
             self.state_view.value = values["state"]
             self.activity_view.value = values["activity"]
             self.timeline_view.value = values["timeline"]
+
+    def _show_no_manager(self) -> None:
+        empty = "<p class='nexus-empty'>No sessions yet: this app has no session manager.</p>"
+        with self._batched(self.session_list, self.summary_view, self.state_view,
+                           self.activity_view, self.timeline_view):
+            self._internal = threading.get_ident()
+            try:
+                if self.session_list.options:
+                    self.session_list.options = []
+                self.session_ids = []
+                self.selected = None
+                self.state = {}
+                self.writers = {}
+                self.events = []
+                self.channel_activity = {}
+                self.manager_metrics = {}
+            finally:
+                self._internal = None
+            self.summary_view.value = empty
+            for view in (self.state_view, self.activity_view, self.timeline_view):
+                view.value = ""
 
     @staticmethod
     def _label(session: Any) -> str:
@@ -654,7 +730,8 @@ class MetricsDashboard(LiveWidget):
         from .charts import LatencyChart
 
         if not hasattr(metrics, "version") and hasattr(metrics, "metrics"):
-            metrics = metrics.metrics  # a Nexus app
+            self.owner = metrics  # a Nexus app
+            metrics = metrics.metrics
         self.metrics = metrics
         self._next_draw = 0.0
         self.chart = LatencyChart(figsize=figsize, dpi=dpi)
@@ -666,6 +743,9 @@ class MetricsDashboard(LiveWidget):
 
     def _child_widgets(self) -> list[widgets.Widget]:
         return [getattr(self, n) for n in ("image", "table") if hasattr(self, n)]
+
+    def watches(self, app: Any) -> bool:
+        return super().watches(app) or getattr(app, "metrics", None) is self.metrics
 
     def _update(self, force: bool) -> None:
         metrics = self.metrics
@@ -680,7 +760,7 @@ class MetricsDashboard(LiveWidget):
         png = self.chart.render(metrics)
         # A frame costs ~30-150 ms: keep drawing under ~10% of the time under constant traffic.
         self._next_draw = now + 10 * (time.perf_counter() - t0)
-        table = summary_table_html(summary, timings=True)
+        table = summary_table_html(_table_order(summary), timings=True)
         with self._batched(self.image, self.table):
             self.image.value = png
             self.table.value = table
@@ -698,19 +778,107 @@ class MetricsDashboard(LiveWidget):
 
 
 # ===================================================================================
+class LogView(LiveWidget):
+    """The server-side log records captured in this kernel, newest first.
+
+    The platform logs agent failures (with an error id and the traceback) from
+    its server thread; in a notebook they would print under whichever cell ran
+    last. :mod:`nexus_lab.jupyter.logs` keeps them instead, and this view shows
+    them: time, level, logger, message, error id, and the traceback folded in
+    a ``<details>``.
+
+    Args:
+        level: the lowest level shown (``"DEBUG"`` ... ``"CRITICAL"``, default ``"INFO"``).
+        refresh_interval: seconds between checks (>= 0.1); redrawn only when a record arrived.
+        auto_refresh: subscribe to the shared refresh thread.
+        max_rows: at most this many (newest) records are shown.
+
+    Traits: ``entries`` (``[{"time", "level", "logger", "message", "error_id",
+    "traceback"}]``, oldest first), ``level``.
+
+    Example::
+
+        from nexus_lab.widgets import LogView
+        LogView(level="ERROR")
+    """
+
+    entries = List()
+    level = Unicode("INFO")
+
+    def __init__(self, level: str = "INFO", refresh_interval: float = 0.5, auto_refresh: bool = True,
+                 *, max_rows: int = 200, capture: Any = None) -> None:
+        from .logs import capture as kernel_capture
+
+        # the kernel's capture, counted as used until close() (records stop printing meanwhile)
+        self._owns_capture = capture is None
+        self.capture = capture if capture is not None else kernel_capture()
+        self.max_rows = max(1, int(max_rows))
+        self._seen = (-1, "")
+        self.view = widgets.HTML(value="")
+        self.view.add_class("nexus-log-view")
+        self.view.layout.overflow = "auto"
+        self.view.layout.max_height = "420px"
+        super().__init__(refresh_interval, auto_refresh, children=[self.view], level=str(level).upper())
+
+    @validate("level")
+    def _valid_level(self, proposal: Any) -> str:
+        value = str(proposal["value"]).upper()
+        if not isinstance(logging.getLevelName(value), int):
+            raise ValueError(f"unknown log level {proposal['value']!r}")
+        return value
+
+    @observe("level")
+    def _level_changed(self, change: Any) -> None:
+        if self._ready:
+            self._safe_update(force=True)
+
+    def _repr_args(self) -> str:
+        return f"level={self.level!r}"
+
+    def close(self) -> None:
+        if not self._closed and getattr(self, "_owns_capture", False):
+            self.capture.uninstall()
+        super().close()
+
+    def _child_widgets(self) -> list[widgets.Widget]:
+        return [self.view] if hasattr(self, "view") else []
+
+    def _update(self, force: bool) -> None:
+        capture = self.capture
+        key = (capture.version, self.level)
+        if key == self._seen and not force:
+            return
+        records = capture.records(self.level, last=self.max_rows)
+        entries = [
+            {"time": e.created, "level": e.level, "logger": e.logger, "message": e.message,
+             "error_id": e.error_id, "traceback": e.traceback}
+            for e in records
+        ]
+        value = log_table_html(records)
+        with self._batched(self.view):
+            self.entries = entries
+            self.view.value = value
+        self._seen = key
+
+
+# ===================================================================================
 class Dashboard(widgets.Tab):
-    """Channels, sessions and metrics of one app in a ``Tab``.
+    """Channels, sessions, metrics and the server log of one app in a ``Tab``.
 
     Args:
         app: the :class:`~nexus_lab.Nexus` to watch (its ``session_manager`` and
             ``metrics`` are used).
-        refresh_interval: one interval for all three views, or None for their
-            defaults (0.5 s, 0.5 s, 1 s).
-        auto_refresh: start the background threads.
+        refresh_interval: one interval for all four views, or None for their
+            defaults (0.5 s, 0.5 s, 1 s, 0.5 s).
+        auto_refresh: subscribe the views to the shared refresh thread.
 
     Attributes: ``channels`` (:class:`ChannelStatus`), ``sessions``
-    (:class:`SessionInspector`), ``metrics`` (:class:`MetricsDashboard`).
+    (:class:`SessionInspector`), ``metrics`` (:class:`MetricsDashboard`),
+    ``logs`` (:class:`LogView`). All four views share the kernel's one refresh
+    thread; ``close()`` (or ``%nexus stop``) ends their refreshing.
     """
+
+    TITLES = ("Channels", "Sessions", "Metrics", "Server log")
 
     def __init__(self, app: Any, refresh_interval: float | None = None, auto_refresh: bool = True) -> None:
         kw: dict[str, Any] = {"auto_refresh": auto_refresh}
@@ -719,14 +887,16 @@ class Dashboard(widgets.Tab):
         self.app = app
         try:
             self.channels = ChannelStatus(app, **kw)
-            self.sessions = SessionInspector(app.session_manager, **kw)
-            self.metrics = MetricsDashboard(app.metrics, **kw)
+            self.sessions = SessionInspector(app, **kw)
+            self.metrics = MetricsDashboard(app, **kw)
+            self.logs = LogView(**kw)
+            self.logs.owner = app
         except BaseException:
             for view in self.views:
                 view.close()
             raise
-        super().__init__(children=[self.channels, self.sessions, self.metrics])
-        self.titles = ("Channels", "Sessions", "Metrics")
+        super().__init__(children=[self.channels, self.sessions, self.metrics, self.logs])
+        self.titles = self.TITLES
         self.add_class("nexus-dashboard")
         if self.comm is not None:
             self.comm.on_close(lambda msg: self.close())
@@ -736,16 +906,138 @@ class Dashboard(widgets.Tab):
 
     @property
     def views(self) -> list[LiveWidget]:
-        """The three live views (fewer on a half-built instance)."""
-        return [getattr(self, n) for n in ("channels", "sessions", "metrics") if hasattr(self, n)]
+        """The live views (fewer on a half-built instance)."""
+        names = ("channels", "sessions", "metrics", "logs")
+        return [getattr(self, n) for n in names if isinstance(getattr(self, n, None), LiveWidget)]
 
     def refresh(self) -> None:
-        """Refresh the three views now."""
+        """Refresh the views now."""
         for view in self.views:
             view.refresh()
 
     def close(self) -> None:
-        """Close the three views (stopping their threads) and the tabs."""
+        """Close the views (ending their refreshing) and the tabs."""
         for view in self.views:
             view.close()
         super().close()
+
+
+# ===================================================================================
+def _existing_manager(app: Any) -> Any:
+    """The app's session manager if it has one (never creating it), else a deployment's."""
+    # Nexus.session_manager creates an in-memory manager on first access; the platform has
+    # no public "if any" accessor yet, hence the attribute (see the magics' report).
+    manager = getattr(app, "_session_manager", None)
+    if manager is not None:
+        return manager
+    for dep in (getattr(app, "deployments", None) or {}).values():
+        if getattr(dep, "session_manager", None) is not None:
+            return dep.session_manager
+    return None
+
+
+_LIVE: weakref.WeakSet[LiveWidget] = weakref.WeakSet()
+
+
+def live_widgets() -> list[LiveWidget]:
+    """The views of this kernel that are not closed."""
+    return [w for w in list(_LIVE) if not w.closed]
+
+
+def pause_widgets(app: Any = None) -> list[LiveWidget]:
+    """Stop refreshing the views of ``app`` (all views when None), after a last refresh.
+
+    They stay on screen showing their last state (e.g. "stopped"). Returns the
+    views paused, for :func:`resume_widgets`.
+    """
+    paused = []
+    for view in live_widgets():
+        if not view.auto_refresh or (app is not None and not view.watches(app)):
+            continue
+        view._safe_update(force=True)
+        view.auto_refresh = False
+        paused.append(view)
+    return paused
+
+
+def resume_widgets(views: list[LiveWidget]) -> None:
+    """Refresh ``views`` again (the ones not closed meanwhile)."""
+    for view in views:
+        if not view.closed:
+            view.auto_refresh = True
+
+
+def _table_order(summary: dict[str, Any]) -> dict[str, Any]:
+    """Channels (what callers waited) first, then the agents' own time, then the rest."""
+    channels = [c for c in CHANNEL_LABELS if c in summary]
+    agents = [f"agent:{c}" for c in CHANNEL_LABELS if f"agent:{c}" in summary]
+    rest = [k for k in summary if k not in channels and k not in agents]
+    return {k: summary[k] for k in (*channels, *agents, *rest)}
+
+
+# ===================================================================================
+class BenchProgress(widgets.VBox):
+    """The live view of a running ``%nexus bench``: a progress bar, the figures so far and
+    the latency chart filling in. Updated by :meth:`update` from the thread that waits for
+    the bench (the kernel's), so it needs no refresh thread; ``close()`` removes it.
+
+    Example::
+
+        view = BenchProgress("assistant", "api", total=500)
+        display(view)
+        run_bench(app, "assistant", {"query": "hi"}, requests=500, progress=view.update)
+        view.close()
+    """
+
+    def __init__(self, name: str, channel: str, total: int | None = None,
+                 duration: float | None = None) -> None:
+        from .charts import LatencyChart
+
+        self.name, self.channel, self.total, self.duration = name, channel, total, duration
+        self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="bench",
+                                         bar_style="info", layout=widgets.Layout(width="60%"))
+        self.label = widgets.HTML(value="starting…")
+        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+        self.chart = LatencyChart(title=f"what the caller waited per request ({channel})",
+                                  x_from="first")
+        self._next_draw = 0.0
+        self.frames = 0
+        super().__init__(children=[widgets.HBox([self.bar, self.label]), self.image])
+        self.add_class("nexus-bench-progress")
+
+    def update(self, snap: Any) -> None:
+        """Show a :class:`~nexus_lab.jupyter.bench.BenchSnapshot`; redraws the chart at most
+        ~10% of the time (a frame costs tens of milliseconds, taken from the load)."""
+        from .bench import _thin
+        from .charts import figure_png
+
+        rps = snap.done / snap.elapsed if snap.elapsed > 0 else 0.0
+        of = f"/{snap.total}" if snap.total else ""
+        failed = f", <span style='color:#b91c1c'>{snap.errors} failed</span>" if snap.errors else ""
+        now = time.monotonic()
+        png = None
+        if snap.samples and now >= self._next_draw:
+            t0 = time.perf_counter()
+            self.chart.update({self.channel: _thin(snap.samples, 5000)})
+            png = figure_png(self.chart.figure)
+            self._next_draw = now + max(0.5, 10 * (time.perf_counter() - t0))
+            self.frames += 1
+        with contextlib.ExitStack() as stack:
+            for child in (self.bar, self.label, self.image):
+                if child.comm is not None:
+                    stack.enter_context(child.hold_sync())
+            self.bar.value = snap.fraction
+            self.label.value = f"{snap.done}{of} requests, {rps:.0f}/s{failed}"
+            if png is not None:
+                self.image.value = png
+
+    def close(self) -> None:
+        for child in (self.bar, self.label, self.image):
+            with contextlib.suppress(Exception):
+                child.close()
+        with contextlib.suppress(Exception):
+            self.chart.figure.clear()
+        super().close()
+
+    def __repr__(self) -> str:  # stable (nbval compares the text/plain beside the widget)
+        return f"BenchProgress(name={self.name!r}, channel={self.channel!r})"
