@@ -1,10 +1,21 @@
-"""The ``%nexus`` magics on a plain InteractiveShell, with real servers on free ports."""
+"""The ``%nexus`` magics on a plain InteractiveShell, with real servers on free ports.
+
+Background work is awaited by polling a condition with a deadline (``wait_for``),
+never by sleeping a fixed time; interrupts are real SIGINTs sent to the main thread
+once the agent has started (an event the agent sets).
+"""
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -36,7 +47,29 @@ def add(a: int, b: int = 1) -> dict:
 
 def echo(tags: list, n: int, flag: bool = False, note: str = "") -> dict:
     return {"tags": tags, "n": n, "flag": flag, "note": note}
+
+def flaky(n: int) -> dict:
+    """Divide one by n."""
+    return {"x": 1 / n}
 '''
+
+DEADLINE = 20.0
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float = DEADLINE, what: str = "condition") -> Any:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.01)
+
+
+def new_threads(before: set) -> list[str]:
+    """Names of the live threads that did not exist in ``before``."""
+    return sorted(t.name for t in threading.enumerate() if t not in before and t.is_alive())
 
 
 def _new_shell() -> InteractiveShell:
@@ -73,6 +106,7 @@ def served():
     shell = _new_shell()
     shell.run_line_magic("nexus", "deploy agent --name assistant --sessions mgr")
     shell.run_line_magic("nexus", "deploy add")
+    shell.run_line_magic("nexus", "deploy flaky")
     status = shell.run_line_magic("nexus", "start")
     assert status.is_running
     yield shell
@@ -355,12 +389,13 @@ def test_call_through_the_real_channel(served, channel, transport):
     assert result.channel == channel
     assert result.response == f"[mock:mock-model] You said: hello {channel}"
     assert result.session_id  # the deployment has sessions
-    assert result.session_id not in repr(result)
-    assert result.session_id not in result._repr_html_()
+    short = result.session_id[:8] + "\u2026"
     assert repr(result) == (
-        f"CallResult(name='assistant', channel={channel!r}, "
+        f"CallResult(name='assistant', channel={channel!r}, session={short!r}, "
         f"response='[mock:mock-model] You said: hello {channel}')"
     )
+    # the whole id is selectable in the HTML (shown cut to 8 characters)
+    assert f"<code class='nexus-sid' title='{result.session_id}'" in result._repr_html_()
     assert result.json["session_id"] == result.session_id
     assert app.metrics.get_summary(channel)["count"] == before + 1  # recorded on that channel
     added = nexus(served, f"call add a=2 b=40 --channel {channel}")
@@ -368,17 +403,11 @@ def test_call_through_the_real_channel(served, channel, transport):
     assert nexus(served, f"call add a=1 --json --channel {channel}")["outputs"] == {"sum": 2}
 
 
-def _client_threads() -> set:
-    import threading
-
-    return {t for t in threading.enumerate() if t.name == "nexus-client-loop"}
-
-
 def test_calls_reuse_one_client_until_stop(ip):
-    from nexus_lab.client import NexusClient
+    from nexus_lab.client import AsyncNexusClient
 
     magics = ip.magics_manager.registry["NexusMagics"]
-    others = _client_threads()  # e.g. the clients of the module's `served` shell
+    before = set(threading.enumerate())
     nexus(ip, "deploy add")
     nexus(ip, "start")
     app = ip.user_ns["nexus_app"]
@@ -386,17 +415,18 @@ def test_calls_reuse_one_client_until_stop(ip):
         assert nexus(ip, "call add a=1").outputs == {"sum": 2}
         (entry,) = magics._clients.values()
         client = entry[2]
-        assert isinstance(client, NexusClient)
+        assert isinstance(client, AsyncNexusClient)
         for line in ("call add a=2", "call add a=3 --channel mcp", "call add a=4 --channel mcp"):
             nexus(ip, line)
         assert list(magics._clients.values()) == [entry]  # one client: one pool, one MCP session
-        assert client._mcp is not None and len(_client_threads() - others) == 1
+        assert client._mcp is not None
+        assert "nexus-kernel-loop" in new_threads(before)
         assert nexus(ip, "call add a=1 --api-key other").outputs == {"sum": 2}  # auth off: any key
         assert len(magics._clients) == 2  # one client per key
     finally:
         nexus(ip, "stop")
     assert magics._clients == {} and client._closed
-    assert _client_threads() - others == set()
+    assert new_threads(before) == []  # servers, workers, the loop thread: all ended
     nexus(ip, "start")
     try:
         nexus(ip, "call add a=1 --channel mcp")
@@ -404,9 +434,10 @@ def test_calls_reuse_one_client_until_stop(ip):
         assert entry[2] is not client  # a new client for the new servers
         app.stop()  # stopped behind the magics' back: the next call closes the stale client
         assert nexus(ip, "call add a=5").in_process
-        assert magics._clients == {} and _client_threads() - others == set()
+        assert magics._clients == {}
     finally:
         nexus(ip, "stop")
+    assert new_threads(before) == []
 
 
 def test_session_continues_across_channels(served):
@@ -501,17 +532,27 @@ def test_sessions_table(ip):
     table = nexus(ip, "sessions")
     assert len(table) == 2
     assert table.session_ids[0] == a.session_id
+    bob_id = table.session_ids[1]
     assert repr(table) == (
         "SessionTable(2 sessions)\n"
-        "  user='anonymous' channels=['api'] keys=['last_query', 'last_response', 'last_channel', "
-        "'turns', 'history'] turns=2\n"
-        "  user='bob' channels=[] keys=[] turns=0"
+        f"  id={a.session_id[:8] + chr(0x2026)!r} user='anonymous' channels=['api'] "
+        "keys=['last_query', 'last_response', 'last_channel', 'turns', 'history'] turns=2\n"
+        f"  id={bob_id[:8] + chr(0x2026)!r} user='bob' channels=[] keys=[] turns=0"
     )
     html = table._repr_html_()
-    assert "<table" in html and a.session_id not in html and a.session_id not in repr(table)
+    assert "<table" in html and "<th>id</th>" in html
+    # shown short, selectable whole
+    assert f"title='{a.session_id}'" in html and f">{a.session_id}</code>" in html
+    frame = table.to_dataframe()
+    assert list(frame.columns) == ["session_id", "user", "channels", "keys", "turns",
+                                   "created_at", "last_accessed", "expires_at"]
+    assert frame["session_id"].tolist() == [a.session_id, bob_id]
+    assert frame["turns"].tolist() == [2, 0]
+    assert str(frame["created_at"].dtype).startswith("datetime64")
     bob = nexus(ip, "sessions --user bob")
     assert [r.user for r in bob] == ["bob"]
     assert repr(bob).startswith("SessionTable(1 session, user='bob')")
+    assert len(nexus(ip, "sessions --user nobody").to_dataframe()) == 0
 
 
 def test_metrics_summary(ip):
@@ -599,8 +640,10 @@ def test_results_have_stable_reprs_without_volatile_values():
         json={"outputs": {"response": "hi"}, "session_id": "0123456789abcdef", "execution_time_ms": 1.5},
         execution_time_ms=1.5,
     )
-    text = repr(result) + result._repr_html_()
-    assert "0123456789abcdef" not in text and "1.5" not in text
+    assert repr(result) == (
+        "CallResult(name='assistant', channel='api', session='01234567\u2026', response='hi')"
+    )
+    assert "1.5" not in repr(result) + result._repr_html_()
     assert str(result) == "hi"
     assert result["response"] == "hi"
     assert json.loads(json.dumps(result.json))["session_id"] == "0123456789abcdef"
@@ -625,3 +668,491 @@ def test_a_session_id_starting_with_a_dash_is_a_value_not_an_option(served):
     result = nexus(served, "call assistant hi --session -dash-id")
     assert result.session_id == "-dash-id"
     assert mgr.get_session_state(sid)["turns"] == 1
+
+
+# --------------------------------------------------------------------------- comments
+def test_split_line_reads_a_trailing_comment_like_a_shell():
+    assert split_line("deploy agent --name assistant   # AGENT is a variable") == [
+        "deploy", "agent", "--name", "assistant"]
+    assert split_line("# only a comment") == []
+    assert split_line('call a "What is #1?" q=#2 # note') == ["call", "a", "What is #1?", "q=#2"]
+    assert split_line("call a 'it''s' #x") == ["call", "a", "'it''s'"]
+    assert split_line('call a tags=["#a", "b"] # c') == ["call", "a", 'tags=["#a", "b"]']
+    assert split_line("call a hello :( # sad") == ["call", "a", "hello", ":("]
+
+
+@pytest.mark.parametrize(
+    "line",
+    [
+        "deploy agent --name assistant   # AGENT is a variable of the notebook",
+        "start                           # free ports, background threads",
+        "status # the channels",
+        "dashboard                       # channels, sessions, latency charts in tabs",
+    ],
+)
+def test_magic_lines_with_trailing_comments_run(ip, line):
+    result = nexus(ip, line)
+    try:
+        assert result is not None
+    finally:
+        if hasattr(result, "close"):
+            result.close()
+        if ip.user_ns.get("nexus_app") is not None:
+            nexus(ip, "stop")
+
+
+def test_a_comment_never_becomes_part_of_the_query(ip):
+    nexus(ip, "deploy agent --name assistant")
+    r = nexus(ip, 'call assistant "What is AI?"     # through the real HTTP API')
+    assert r.response == "[mock:mock-model] You said: What is AI?"
+    r = nexus(ip, "call assistant What is AI   # bare words, then a comment")
+    assert r.response.endswith("You said: What is AI")
+    r = nexus(ip, 'call assistant "keep #this" # drop this')
+    assert r.response.endswith("You said: keep #this")
+
+
+# --------------------------------------------------------------------------- errors
+@pytest.mark.parametrize("channel", ["in-process", "api", "mcp", "cli"])
+def test_an_agent_failure_is_one_line_with_type_message_and_error_id(request, channel, capfd):
+    shell = request.getfixturevalue("ip" if channel == "in-process" else "served")
+    if channel == "in-process":
+        nexus(shell, "deploy flaky")
+    flag = "" if channel == "in-process" else f" --channel {channel}"
+    message = _usage_error(shell, f"call flaky n=0{flag}")
+    where = "flaky (in-process)" if channel == "in-process" else f"flaky via {channel}"
+    assert message.startswith(f"{where}: ZeroDivisionError: division by zero [agent_error, error id ")
+    assert message.endswith("; traceback: %nexus last-error")
+    err = nexus(shell, "last-error")
+    assert err.error_type == "agent_error" and err.error_id and err.error_id in message
+    assert err.message == "ZeroDivisionError: division by zero"
+    assert "Traceback" in err.traceback and "return {\"x\": 1 / n}" in err.traceback
+    assert repr(err) == (
+        f"CallError(name='flaky', channel={'api' if channel == 'in-process' else channel!r}, "
+        "error_type='agent_error', message='ZeroDivisionError: division by zero')"
+    )
+    assert err.error_id in err._repr_html_() and "nexus-traceback" in err._repr_html_()
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err + printed.out  # on the result, never printed
+
+
+def test_last_error_without_a_failure_says_so(ip):
+    assert "no call has failed" in _usage_error(ip, "last-error")
+
+
+def test_server_logs_are_kept_not_printed(served, capfd):
+    import logging
+
+    import httpx
+
+    app = served.user_ns["nexus_app"]
+    assert logging.getLogger("nexus_lab").propagate is False  # never to stderr, a cell's output
+    # a failing request from outside the kernel's magics
+    r = httpx.post(f"{app.api_url}/api/workflows/flaky/execute", json={"inputs": {"n": 0}},
+                   trust_env=False)
+    assert r.status_code == 500
+    error_id = r.json()["error"]["error_id"]
+    printed = capfd.readouterr()
+    assert "Traceback" not in printed.err and error_id not in printed.err
+    table = nexus(served, "logs --level ERROR -n 5")
+    entry = [e for e in table if e.error_id == error_id]
+    assert entry and "ZeroDivisionError" in entry[0].traceback
+    assert error_id in table._repr_html_() and "<details>" in table._repr_html_()
+    assert repr(table).startswith("LogTable(level='ERROR', records={'ERROR': ")
+
+
+def test_unload_gives_the_log_back(ip):
+    import logging
+
+    from nexus_lab.jupyter.logs import LogCapture, capture
+
+    log = logging.getLogger("nexus_lab")
+    kernel = capture(install=False)
+    assert log.propagate is False and kernel in log.handlers
+    users = kernel._users
+    ip.run_line_magic("unload_ext", "nexus_lab")
+    assert kernel._users == users - 1  # other shells of this test process may still use it
+    ip.run_line_magic("load_ext", "nexus_lab")
+    assert kernel._users == users
+    # the last user gives the loggers back as they were
+    own = LogCapture()
+    name = "nexus_lab.test_only"
+    other = logging.getLogger(name)
+    import nexus_lab.jupyter.logs as logs_module
+
+    saved = logs_module.CAPTURED_LOGGERS
+    logs_module.CAPTURED_LOGGERS = (name,)
+    try:
+        own.install()
+        own.install()
+        assert other.propagate is False and own in other.handlers
+        own.uninstall()
+        assert other.propagate is False  # one user left
+        own.uninstall()
+        assert other.propagate is True and own not in other.handlers
+        assert other.level == logging.NOTSET
+    finally:
+        logs_module.CAPTURED_LOGGERS = saved
+
+
+def test_session_none_from_a_result_without_a_session_says_why(ip):
+    nexus(ip, "deploy add")
+    ip.user_ns["r"] = nexus(ip, "call add a=1")
+    assert ip.user_ns["r"].session_id is None
+    message = _usage_error(ip, "call add a=2 --session {r.session_id}")
+    assert "--session 'None'" in message and "without sessions" in message
+
+
+# --------------------------------------------------------------------------- suggestions
+@pytest.mark.parametrize(
+    ("line", "hint"),
+    [
+        ("stat", "did you mean 'status'?"),
+        ("sesions", "did you mean 'sessions'?"),
+        ("deploy agent --nme x", "did you mean '--name'?"),
+        ("call add a=1 --chanel mcp", "did you mean '--channel'?"),
+        ("call add a=1 --channel mpc", "did you mean 'mcp'?"),
+        ("deploy agnt", "did you mean 'agent'?"),
+        ("deploy agent --channels api,mpc", "did you mean 'mcp'?"),
+    ],
+)
+def test_mistakes_suggest_the_closest_word(ip, line, hint):
+    assert hint in _usage_error(ip, line)
+
+
+def test_unknown_deployment_suggests_the_closest(served):
+    for channel in ("api", "mcp"):
+        message = _usage_error(served, f"call asistant hi --channel {channel}")
+        assert "did you mean 'assistant'?" in message
+
+
+def test_undeploy(ip):
+    nexus(ip, "deploy add")
+    nexus(ip, "deploy agent --name assistant")
+    status = nexus(ip, "undeploy add   # no longer needed")
+    assert status.deployments == ["assistant"]
+    assert "add" not in ip.user_ns["nexus_app"].deployments
+    message = _usage_error(ip, "undeploy asistant")
+    assert "did you mean 'assistant'?" in message
+
+
+def test_undeploy_while_serving_removes_it_from_every_channel(ip):
+    nexus(ip, "deploy add")
+    nexus(ip, "deploy agent --name assistant")
+    nexus(ip, "start")
+    try:
+        nexus(ip, "undeploy add")
+        for channel in ("api", "mcp"):
+            assert "no deployment" in _usage_error(ip, f"call add a=1 --channel {channel}").lower() or \
+                "unknown tool" in _usage_error(ip, f"call add a=1 --channel {channel}").lower()
+        assert nexus(ip, "call assistant hi").response.endswith("hi")
+    finally:
+        nexus(ip, "stop")
+
+
+# --------------------------------------------------------------------------- completion
+def _complete(shell: InteractiveShell, text: str) -> list[str]:
+    from IPython.core.completer import provisionalcompleter
+
+    with provisionalcompleter():
+        return [c.text for c in shell.Completer.completions(text, len(text))]
+
+
+def test_completion_of_subcommands_flags_and_names(ip):
+    assert _complete(ip, "%nexus de") == ["deploy"]
+    assert "%debug" not in _complete(ip, "%nexus de")
+    assert _complete(ip, "%nexus stat") == ["status"]
+    assert _complete(ip, "%nexus call --ch") == ["--channel"]
+    assert _complete(ip, "%nexus call x --channel m") == ["mcp"]
+    assert _complete(ip, "%nexus call x --channel=c") == ["cli"]
+    assert _complete(ip, "%nexus deploy x --channels api,m") == ["mcp"]
+    assert _complete(ip, "%nexus deploy ag") == ["agent"]  # notebook variables holding agents
+    assert set(_complete(ip, "%nexus deploy ")) >= {"agent", "add", "echo", "flaky"}
+    assert _complete(ip, "%nexus deploy agent --sessions ") == ["mgr"]
+    nexus(ip, "deploy agent --name assistant --sessions mgr")
+    assert _complete(ip, "%nexus deploy agent --app ") == ["nexus_app"]
+    assert _complete(ip, "%nexus call as") == ["assistant"]
+    assert _complete(ip, "%nexus undeploy ") == ["assistant"]
+    assert _complete(ip, "%nexus call assistant q") == ["query="]
+    assert _complete(ip, "%nexus bench assistant --input ") == ["query="]
+    sid = nexus(ip, "call assistant hi").session_id
+    assert _complete(ip, "%nexus call assistant hi --session ") == [sid]
+    assert _complete(ip, "%%nexus call assist") == ["assistant"]
+    assert _complete(ip, "%nexus call assistant hi # a comm") == []  # in a comment: nothing
+    assert "%debug" in _complete(ip, "de")  # outside %nexus, nothing changes
+
+
+def test_unload_removes_the_completer(ip):
+    ip.run_line_magic("unload_ext", "nexus_lab")
+    assert "deploy" not in _complete(ip, "%nexus de")
+    ip.run_line_magic("load_ext", "nexus_lab")
+    assert _complete(ip, "%nexus de") == ["deploy"]
+
+
+# --------------------------------------------------------------------------- lifecycles
+def test_dashboards_share_one_thread_that_stop_and_unload_end(ip):
+    nexus(ip, "deploy agent --name assistant --sessions mgr")
+    nexus(ip, "call assistant hi")
+    before = set(threading.enumerate())
+    nexus(ip, "start")
+    dashboards = [nexus(ip, "dashboard") for _ in range(4)]
+    try:
+        nexus(ip, "call assistant again")
+        nexus(ip, "call assistant once more --channel mcp")
+        started = new_threads(before)
+        assert started.count("nexus-refresh") == 1  # four dashboards, sixteen views, one thread
+        assert "nexus-servers" in started and "nexus-kernel-loop" in started
+        status = nexus(ip, "stop")
+        assert status.state == "stopped"
+        assert new_threads(before) == []  # refresher, workers, servers, client loop: all ended
+        for dash in dashboards:
+            assert dash.channels.states == {"api": "stopped", "cli": "stopped", "mcp": "stopped"}
+            assert not any(view.refreshing for view in dash.views)
+        nexus(ip, "start")  # the paused views follow the platform again
+        assert all(view.refreshing for dash in dashboards for view in dash.views)
+        wait_for(lambda: all(d.channels.states.get("api") == "serving" for d in dashboards),
+                 what="the dashboards to see the restart")
+        ip.run_line_magic("unload_ext", "nexus_lab")
+        assert new_threads(before) == []
+        ip.run_line_magic("load_ext", "nexus_lab")
+    finally:
+        for dash in dashboards:
+            dash.close()
+
+
+def test_stop_pauses_only_that_platforms_widgets(ip):
+    from nexus_lab.widgets import ChannelStatus
+
+    ip.run_cell("from nexus_lab import Nexus\nother = Nexus(auto_discovery=False, api_port=0, mcp_port=0)")
+    nexus(ip, "deploy add")
+    mine = ChannelStatus(ip.user_ns["nexus_app"], refresh_interval=0.1)
+    theirs = ChannelStatus(ip.user_ns["other"], refresh_interval=0.1)
+    try:
+        nexus(ip, "stop")
+        assert not mine.refreshing and theirs.refreshing
+    finally:
+        mine.close()
+        theirs.close()
+
+
+def test_stop_says_it_waits_for_calls_in_flight(ip, capsys, monkeypatch):
+    import httpx
+
+    from nexus_lab.jupyter.commands import platform as platform_cmd
+
+    started, release = threading.Event(), threading.Event()
+
+    def slow(query: str) -> dict:
+        started.set()
+        release.wait(DEADLINE)
+        return {"response": query}
+
+    ip.user_ns["slow"] = slow
+    nexus(ip, "deploy slow")
+    nexus(ip, "start")
+    app = ip.user_ns["nexus_app"]
+    url = f"{app.api_url}/api/workflows/slow/execute"
+    answers: list[int] = []
+    caller = threading.Thread(target=lambda: answers.append(
+        httpx.post(url, json={"inputs": {"query": "x"}}, trust_env=False, timeout=DEADLINE).status_code))
+    caller.start()
+    assert started.wait(DEADLINE)
+    # let the agent finish once stop has begun (the platform then refuses new calls)
+    releaser = threading.Thread(target=lambda: (wait_for(lambda: not app.is_running), release.set()))
+    releaser.start()
+    monkeypatch.setattr(platform_cmd, "STOP_NOTICE_AFTER", 0.0)
+    try:
+        assert nexus(ip, "stop").state == "stopped"
+    finally:
+        release.set()
+        releaser.join()
+        caller.join()
+    assert "waiting for the calls in flight to finish" in capsys.readouterr().out
+    assert answers == [200]  # the call in flight finished
+
+
+class _Blocking:
+    """A deployable function that blocks until released, and says when it started."""
+
+    def __init__(self) -> None:
+        self.started = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, query: str) -> dict:
+        self.started.set()
+        self.release.wait(DEADLINE)
+        return {"response": query}
+
+
+def _interrupt_when(event: threading.Event) -> threading.Thread:
+    def run() -> None:
+        if event.wait(DEADLINE):
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+
+    thread = threading.Thread(target=run, name="test-interrupter")
+    thread.start()
+    return thread
+
+
+@pytest.mark.parametrize("channel", ["in-process", "api", "mcp", "cli"])
+def test_an_interrupt_cancels_the_call_in_flight(ip, channel):
+    blocking = _Blocking()
+    ip.user_ns["slow"] = blocking
+    nexus(ip, "deploy slow")
+    magics = ip.magics_manager.registry["NexusMagics"]
+    before = set(threading.enumerate())
+    if channel != "in-process":
+        nexus(ip, "start")
+    flag = "" if channel == "in-process" else f" --channel {channel}"
+    interrupter = _interrupt_when(blocking.started)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nexus(ip, f"call slow hi{flag}")
+        interrupter.join()
+        if channel in ("api", "mcp"):
+            assert magics._clients == {}  # the interrupted client was closed, not reused
+            loop = magics._loop
+            pending = loop.run(_pending_tasks())
+            assert pending == 0  # nothing of the call still runs on the loop thread
+    finally:
+        blocking.release.set()
+    if channel != "in-process":
+        blocking.started.clear()
+        assert nexus(ip, f"call slow again{flag}").response == "again"  # the magics go on
+        nexus(ip, "stop")
+    assert new_threads(before) == []
+
+
+async def _pending_tasks() -> int:
+    import asyncio
+
+    return len([t for t in asyncio.all_tasks() if t is not asyncio.current_task()])
+
+
+# --------------------------------------------------------------------------- bench
+def _socket_fds() -> int:
+    fds = os.listdir("/proc/self/fd")
+    count = 0
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}").startswith("socket:"):
+                count += 1
+        except OSError:
+            continue
+    return count
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts sockets in /proc")
+@pytest.mark.parametrize("channel", ["api", "mcp", "cli"])
+def test_bench_measures_and_leaves_nothing_behind(served, channel):
+    from nexus_lab.jupyter.bench import BenchResult
+
+    app = served.user_ns["nexus_app"]
+    nexus(served, "call add a=1 --channel mcp")  # the magics' own client is open already
+    threads = set(threading.enumerate())
+    sockets = _socket_fds()
+    before = app.metrics.get_summary().get(channel, {}).get("count", 0)
+    result = nexus(served, f"bench add -n 60 -c 4 --channel {channel} --input a=1 b=2 --quiet")
+    assert isinstance(result, BenchResult)
+    assert (result.requests, result.errors, result.error_counts) == (60, 0, {})
+    assert result.rps > 0 and 0 < result.p50_ms <= result.p95_ms <= result.p99_ms
+    frame = result.to_dataframe()
+    assert len(frame) == 60 and list(frame.columns) == ["start_s", "latency_ms", "ok", "error_type", "status"]
+    assert frame["ok"].all()
+    assert result.chart.png.startswith(b"\x89PNG")
+    assert repr(result) == f"BenchResult(name='add', channel={channel!r}, concurrency=4, requests=60, errors=0)"
+    assert "<img class='nexus-bench-chart'" in result._repr_html_()
+    # one uncounted first call, then the load: all recorded on that channel by the platform
+    assert app.metrics.get_summary(channel)["count"] == before + 61
+    # the bench's own loop thread is gone (the platform's worker pool may have grown: it
+    # ends with %nexus stop, see test_dashboards_share_one_thread_that_stop_and_unload_end)
+    assert [n for n in new_threads(threads) if not n.startswith("nexus-agent")] == []
+    wait_for(lambda: _socket_fds() <= sockets, what="the bench's sockets to close")
+
+
+def test_bench_counts_errors_by_type(ip):
+    ip.run_cell(
+        "from nexus_lab import Nexus\n"
+        "limited = Nexus(auto_discovery=False, api_port=0, mcp_port=0, rate_limit=5)"
+    )
+    nexus(ip, "deploy add --app limited")
+    nexus(ip, "start")
+    try:
+        result = nexus(ip, "bench add -n 20 -c 2 --input a=1 --quiet")
+        # 5 a minute: the first (uncounted) call and 4 of the load pass
+        assert result.requests == 20 and result.errors == 16
+        assert result.error_counts == {"rate_limited": 16}
+        frame = result.to_dataframe()
+        assert set(frame.loc[~frame.ok, "status"]) == {429}
+    finally:
+        nexus(ip, "stop")
+
+
+def test_bench_with_a_duration_stops_by_itself(served):
+    result = nexus(served, "bench add --duration 0.5 -c 2 --input a=1 --quiet")
+    assert result.requests > 0 and result.errors == 0
+    assert result.duration_s >= 0.5
+
+
+def test_bench_refuses_what_it_cannot_load(ip, served):
+    nexus(ip, "deploy add")
+    assert "%nexus start" in _usage_error(ip, "bench add --input a=1")
+    message = _usage_error(served, "bench add --input a=notanumber --quiet")
+    assert message.startswith("%nexus bench add via api: ") and "'a'" in message
+    assert "did you mean 'add'?" in _usage_error(served, "bench ad --input a=1 --quiet")
+    assert "-c" in _usage_error(served, "bench add -c 0") or "between" in _usage_error(served, "bench add -c 0")
+
+
+def test_run_bench_refuses_other_hosts():
+    from nexus_lab.errors import ConfigError
+    from nexus_lab.jupyter.bench import is_loopback, run_bench
+
+    assert is_loopback("http://127.0.0.1:1") and is_loopback("http://localhost:1")
+    assert is_loopback("http://[::1]:1") and not is_loopback("http://10.1.2.3:80")
+    before = set(threading.enumerate())
+    with pytest.raises(ConfigError, match="loopback"):
+        run_bench("http://192.0.2.1:8000", "assistant", {"query": "hi"})
+    with pytest.raises(ConfigError, match="loopback"):
+        run_bench("http://example.com", "assistant")
+    assert new_threads(before) == []
+
+
+def test_bench_interrupted_leaves_nothing_behind(ip):
+    blocking = _Blocking()
+    ip.user_ns["slow"] = blocking
+    nexus(ip, "deploy slow")
+    before = set(threading.enumerate())
+    nexus(ip, "start")
+    # the first (uncounted) call blocks: interrupt it there, then once the load runs
+    interrupter = _interrupt_when(blocking.started)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nexus(ip, "bench slow -n 50 -c 4 --input query=x --quiet")
+        interrupter.join()
+    finally:
+        blocking.release.set()
+    assert "nexus-bench-loop" not in new_threads(before)
+    nexus(ip, "stop")
+    assert new_threads(before) == []
+
+
+def test_bench_live_view_fills_in_and_goes(served, monkeypatch):
+    from nexus_lab.jupyter import bench as bench_module
+    from nexus_lab.widgets import BenchProgress
+
+    views: list[Any] = []
+    real_update = BenchProgress.update
+
+    def update(self: Any, snap: Any) -> None:
+        views.append((self, snap.done))
+        real_update(self, snap)
+
+    monkeypatch.setattr(BenchProgress, "update", update)
+    result = nexus(served, "bench add -n 200 -c 4 --input a=1")
+    assert result.requests == 200
+    assert views, "the live view was never updated"
+    view = views[-1][0]
+    assert views[-1][1] == 200  # the final snapshot
+    assert view.frames >= 1 and bytes(view.image.value).startswith(b"\x89PNG")
+    assert view.comm is None  # closed at the end: the result shows the final chart
+    assert repr(view) == "BenchProgress(name='add', channel='api')"
+    assert bench_module.DEFAULT_REQUESTS == 200

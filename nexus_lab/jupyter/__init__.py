@@ -7,13 +7,23 @@ created.
 
 Modules:
 
-* :mod:`~nexus_lab.jupyter.magics` - the ``%nexus`` / ``%%nexus`` magics;
+* :mod:`~nexus_lab.jupyter.magics` - the ``%nexus`` / ``%%nexus`` magics: a
+  router into :mod:`~nexus_lab.jupyter.commands` (one small module per
+  concern: platform, call, bench, views);
+* :mod:`~nexus_lab.jupyter.parsing` - reading a magic line like a shell line
+  (comments, quotes), argparse with ``did you mean``;
+* :mod:`~nexus_lab.jupyter.completion` - TAB completion inside ``%nexus``;
 * :mod:`~nexus_lab.jupyter.results` - what the magics return (``CallResult``,
-  ``PlatformStatus``, ``SessionTable``, ``MetricsSummary``, ``MetricsChart``):
-  rich HTML in a notebook and a stable text ``repr`` without ids, ports or
-  timings;
+  ``CallError``, ``PlatformStatus``, ``SessionTable``, ``MetricsSummary``,
+  ``MetricsChart``, ``LogTable``): rich HTML and a stable text ``repr``;
+* :mod:`~nexus_lab.jupyter.bench` - ``run_bench`` / ``BenchResult``, the load
+  behind ``%nexus bench``;
+* :mod:`~nexus_lab.jupyter.logs` - the server-side log records, kept in the
+  kernel instead of printed under a random cell;
 * :mod:`~nexus_lab.jupyter.widgets` - live views (channel status, sessions,
-  metrics, a dashboard).
+  metrics, server log, a dashboard) on one shared refresh thread
+  (:mod:`~nexus_lab.jupyter._refresh`); :mod:`~nexus_lab.jupyter.charts` draws
+  their latency charts.
 
 Example::
 
@@ -22,4 +32,5 @@ Example::
     %nexus start
     r = %nexus call assistant query="What is AI?"
     r.response, r.session_id
+    %nexus bench assistant -n 200 --input query=hi
 """
