@@ -288,6 +288,15 @@ def _parse_inputs(
         inputs[key] = value
     if query is not None:
         inputs["query"] = query
+    from .schema import unencodable_path
+
+    bad = unencodable_path(inputs)
+    if bad is not None:  # a lone surrogate: a JSON escape, or bytes that are not UTF-8
+        raise click.BadParameter(
+            f"input {bad!r} holds text that is not valid Unicode (a lone surrogate such as "
+            "'\\ud800' or bytes that are not UTF-8)",
+            param_hint="'--json-input', '--input' or '--query'",
+        )
     return inputs
 
 

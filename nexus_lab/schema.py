@@ -25,7 +25,7 @@ from typing import Any
 
 from .errors import InputValidationError
 
-__all__ = ["InputField", "InputSchema", "SESSION_STATE_PARAM"]
+__all__ = ["InputField", "InputSchema", "SESSION_STATE_PARAM", "unencodable_path"]
 
 #: A parameter of this name is never an input: the platform injects the
 #: caller's session state into it (a dict, ``{}`` without a session).
@@ -127,7 +127,7 @@ class InputSchema:
                 f"inputs must be a JSON object mapping input names to values, got {type(inputs).__name__}",
                 field="inputs",
             )
-        bad = _unencodable_path(inputs)
+        bad = unencodable_path(inputs)
         if bad is not None:
             raise InputValidationError(
                 f"invalid input {bad!r}: text that is not valid Unicode (a lone surrogate such as "
@@ -201,7 +201,7 @@ def _bad_text(text: str) -> bool:
     return False
 
 
-def _unencodable_path(value: Any) -> str | None:
+def unencodable_path(value: Any) -> str | None:
     """The path (``a.b[2]``) of the first string or key that UTF-8 cannot encode, or None.
 
     JSON's ``\\ud800`` escape decodes to a lone surrogate that no store, log or

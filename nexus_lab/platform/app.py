@@ -25,6 +25,7 @@ import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import TYPE_CHECKING, Any
 
 from ..errors import (
@@ -587,6 +588,7 @@ class Nexus:
         try:
             values = dep.schema.validate(inputs, coerce_strings=coerce_strings)
             manager = None
+            new_session = False
             state: dict[str, Any] = {}
             if session_id is not None:
                 manager = dep.session_manager or self.session_manager
@@ -600,9 +602,11 @@ class Nexus:
                 state = session.state
                 _check_room(manager, session, values, channel)
             elif dep.session_manager is not None:
+                # a new session is created with the call's first write, after the agent: a call
+                # that fails (or does not fit) leaves no empty session behind
                 manager = dep.session_manager
-                session = yield (manager.create_session, (principal or "anonymous",), {}, None)
-                session_id = session.session_id
+                _check_room(manager, _NO_SESSION, values, channel)
+                new_session = True
             agent_started = reached = time.perf_counter()
             try:
                 result = yield (_AGENT, values, state, None)
@@ -615,14 +619,25 @@ class Nexus:
             outputs = normalize_outputs(result)
             body = encode_outputs(dep.name, outputs)
             if manager is not None:
+                if new_session:
+                    session = yield (manager.create_session, (principal or "anonymous",), {}, None)
+                    session_id = session.session_id
                 # computed from the state current at write time, atomically: concurrent calls on one
                 # session (from any channel or process) never lose a turn
-                yield (
-                    manager.apply_session_update,
-                    (session_id, functools.partial(session_update, values, outputs, channel=channel)),
-                    {"channel": channel},
-                    None,
-                )
+                try:
+                    yield (
+                        manager.apply_session_update,
+                        (session_id, functools.partial(session_update, values, outputs, channel=channel)),
+                        {"channel": channel},
+                        None,
+                    )
+                except Exception:
+                    if new_session:  # the call failed: its new session goes with it
+                        try:
+                            yield (manager.delete_session, (session_id,), {}, None)
+                        except Exception:
+                            logger.warning("could not remove the session of a failed call", exc_info=True)
+                    raise
         except ExecutionTimeout:
             raise  # recorded where the caller was told (see _timed_out)
         except BaseException:
@@ -839,6 +854,9 @@ class Nexus:
 
         return nexus_html(self)
 
+
+#: What :func:`_check_room` sees for a call that will start a new session.
+_NO_SESSION = SimpleNamespace(state={}, state_bytes=2)
 
 #: Metric category names per (deployment, channel), built once.
 _METRIC_KEYS: dict[tuple[str, str], tuple[str, str, str]] = {}
