@@ -1,4 +1,4 @@
-"""Stable notebook reprs (nexus_lab.render).
+"""Stable notebook reprs (nexus_lab.render, nexus_lab.jupyter.results and the nbval masks).
 
 nbval compares ``text/plain`` and ``text/html``: what is rendered here must not
 change from run to run (no ids, addresses, ports, timestamps, durations).
@@ -182,3 +182,105 @@ def test_state_tree_nests_escapes_and_truncates() -> None:
     assert "keys}" in state_tree_html(deep)  # deep levels are summarised
     assert value_text("a" * 300).endswith("…")
     assert value_text(object()).startswith('"<object object')
+
+
+# ----------------------------------------------------------------------------- results
+def _sanitizer():
+    """The tutorials' nbval masks (notebooks/nbval-sanitize.cfg), as nbval applies them."""
+    import configparser
+    from pathlib import Path
+
+    cfg = configparser.ConfigParser()
+    cfg.read(Path(__file__).resolve().parents[1] / "notebooks" / "nbval-sanitize.cfg")
+    patterns = [(re.compile(cfg[s]["regex"]), cfg[s]["replace"]) for s in cfg.sections()]
+
+    def sanitize(text: str) -> str:
+        for regex, replace in patterns:
+            text = regex.sub(replace, text)
+        return text
+
+    return sanitize
+
+
+def _call_result(session_id: str | None):
+    from nexus_lab.jupyter.results import CallResult
+
+    return CallResult(name="assistant", channel="api", transport="http", outputs={"response": "hi"},
+                      session_id=session_id, json={"outputs": {"response": "hi"}, "session_id": session_id})
+
+
+def test_session_ids_are_shown_and_masked_for_nbval() -> None:
+    sanitize = _sanitizer()
+    a, b = _call_result("5d1c2e7a9b0f4e11aa"), _call_result("Zz_-9b0f4e11aa5d1c")
+    assert "5d1c2e7a\u2026" in repr(a) and "5d1c2e7a9b0f4e11aa" in a._repr_html_()
+    assert repr(a) != repr(b)
+    assert sanitize(repr(a)) == sanitize(repr(b)) == (
+        "CallResult(name='assistant', channel='api', session='SESSION-ID', response='hi')"
+    )
+    assert sanitize(a._repr_html_()) == sanitize(b._repr_html_())
+    assert "SESSION-ID" in sanitize(a._repr_html_())
+    none = _call_result(None)
+    assert "session" not in repr(none) and "no session" in none._repr_html_()
+
+
+def test_session_table_masks_the_same_way() -> None:
+    from nexus_lab.jupyter.results import SessionTable
+
+    sanitize = _sanitizer()
+    tables = []
+    for _ in range(2):
+        manager = NexusSessionManager(cleanup_interval=300)
+        try:
+            s = manager.create_session(user_id="u1")
+            manager.update_session_state(s.session_id, {"turns": 2}, channel="api")
+            tables.append(SessionTable(manager.list_sessions()))
+        finally:
+            manager.close()
+    texts = [(sanitize(repr(t)), sanitize(t._repr_html_())) for t in tables]
+    assert texts[0] == texts[1]
+    assert texts[0][0] == "SessionTable(1 session)\n  id='SESSION-ID' user='u1' channels=['api'] keys=['turns'] turns=2"
+    assert tables[0].session_ids[0] not in texts[0][1]
+
+
+def test_bench_result_repr_is_stable_and_its_html_masks() -> None:
+    from nexus_lab.jupyter.bench import BenchResult
+
+    sanitize = _sanitizer()
+    results = []
+    for scale in (1.0, 3.0):
+        n = 20
+        results.append(BenchResult(
+            name="assistant", channel="api", concurrency=4, requests=n, errors=1, duration_s=0.1 * scale,
+            error_counts={"rate_limited": 1}, starts=[i * 0.005 * scale for i in range(n)],
+            latencies_ms=[scale * (1 + i % 4) for i in range(n)], oks=[i != 3 for i in range(n)],
+            error_types=[None if i != 3 else "rate_limited" for i in range(n)],
+            statuses=[200 if i != 3 else 429 for i in range(n)],
+        ))
+    a, b = results
+    assert repr(a) == repr(b) == (
+        "BenchResult(name='assistant', channel='api', concurrency=4, requests=20, errors=1)"
+    )
+    assert a.rps == pytest.approx(200.0) and a.p50_ms == pytest.approx(2.0)  # of the 19 that passed
+    assert a.error_counts == {"rate_limited": 1}
+    assert sanitize(a._repr_html_()) == sanitize(b._repr_html_())
+    assert "rate_limited" in a._repr_html_()
+    frame = a.to_dataframe()
+    assert len(frame) == 20 and frame["status"].tolist()[3] == 429
+
+
+def test_call_error_and_log_table_reprs_hold_no_ids() -> None:
+    from nexus_lab.jupyter.logs import LogEntry
+    from nexus_lab.jupyter.results import CallError, LogTable
+
+    err = CallError(name="flaky", channel="api", transport="http", error_type="agent_error",
+                    message="ZeroDivisionError: division by zero", error_id="3f2a9c81d0e4",
+                    traceback="Traceback (most recent call last):\n...")
+    assert "3f2a9c81d0e4" not in repr(err)
+    assert err.line() == (
+        "flaky via api: ZeroDivisionError: division by zero [agent_error, error id 3f2a9c81d0e4]; "
+        "traceback: %nexus last-error"
+    )
+    entry = LogEntry(created=1_800_000_000.5, level="ERROR", levelno=40, logger="nexus_lab",
+                     message="deployment 'flaky' failed (error id 3f2a9c81d0e4)", error_id="3f2a9c81d0e4")
+    assert repr(LogTable([entry], level="ERROR")) == "LogTable(level='ERROR', records={'ERROR': 1})"
+    assert_stable_text(repr(entry))
