@@ -531,13 +531,36 @@ def test_refusals_carry_their_headers_and_rate_limit_counts_bad_keys():
 
 
 def test_dns_rebinding_protection_on_loopback(app):
+    """The API's Host/Origin rules (the guard), answered as JSON-RPC errors naming the option."""
     deploy_multi_channel(add, app, "add")
     with serving(app) as url:
         assert raw_post(url, LIST).status_code == 200
         r = raw_post(url, LIST, Host="evil.example.com")
-        assert r.status_code in (403, 421), r.status_code
+        assert r.status_code == 421, r.status_code
+        assert r.json()["error"]["type"] == "misdirected_request"
+        assert "allowed_hosts" in r.json()["error"]["message"]
         r = raw_post(url, LIST, Origin="http://evil.example.com")
         assert r.status_code == 403, r.status_code
+        assert r.json()["error"]["data"] == {"type": "forbidden", "http_status": 403}
+        # a local tool (an MCP inspector on another loopback port) is welcome
+        assert raw_post(url, LIST, Origin="http://localhost:6274").status_code == 200
+
+
+def test_allowed_hosts_apply_to_mcp_too():
+    app = Nexus(api_port=0, mcp_port=0, allowed_hosts=["mcp.example.com"])
+    deploy_multi_channel(add, app, "add")
+    with serving(app) as url:
+        assert raw_post(url, LIST, Host="mcp.example.com").status_code == 200
+        assert raw_post(url, LIST, Host="localhost").status_code == 421
+        assert raw_post(url, LIST).status_code == 200  # its own address (127.0.0.1) always
+
+
+def test_non_json_bodies_are_415_before_the_sdk(app):
+    deploy_multi_channel(add, app, "add")
+    with serving(app) as url:
+        r = raw_post(url, LIST, **{"Content-Type": "text/plain"})
+        assert r.status_code == 415 and r.json()["error"]["type"] == "unsupported_media_type"
+        assert r.json()["jsonrpc"] == "2.0"
 
 
 # ----------------------------------------------------------------------
