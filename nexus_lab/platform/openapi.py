@@ -192,6 +192,7 @@ def build_openapi(app: Nexus) -> dict[str, Any]:
                 "inputs": {"$ref": f"#/components/schemas/{key}"},
                 "session_id": {
                     "type": ["string", "null"],
+                    "minLength": 1,
                     "description": "continue this session"
                     + (
                         " (a new one is created when omitted)"
@@ -310,6 +311,8 @@ def build_openapi(app: Nexus) -> dict[str, Any]:
                             "properties": {
                                 "user_id": {
                                     "type": "string",
+                                    "minLength": 1,
+                                    "pattern": "\\S",
                                     "description": "must be the caller's user id with auth",
                                 },
                                 "metadata": {"type": "object"},
