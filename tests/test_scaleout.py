@@ -49,7 +49,7 @@ from _procs import (
 
 httpx = pytest.importorskip("httpx")
 
-pytestmark = [pytest.mark.redis, pytest.mark.timeout(300)]
+pytestmark = pytest.mark.timeout(300)
 
 REPO = Path(__file__).resolve().parents[1]
 ECHO = "/api/workflows/echo/execute"
@@ -363,6 +363,7 @@ def test_workers_without_a_shared_store_are_refused_with_the_reason(tmp_path):
     assert "rate limit would be counted per worker" in line and "--sessions" not in line, line
 
 
+@pytest.mark.redis
 def test_two_workers_serve_api_and_mcp_from_two_pids_with_one_exact_rate_limit(
         procs, redis_bin, redis_store):
     limit = 60
@@ -382,6 +383,7 @@ def test_two_workers_serve_api_and_mcp_from_two_pids_with_one_exact_rate_limit(
 
 
 # ============================================================================= two hosts
+@pytest.mark.redis
 def test_two_hosts_behind_nginx_share_sessions_and_lose_no_concurrent_update(
         procs, redis_bin, nginx_bin, redis_store):
     redis = procs.add(RedisProcess(binary=redis_bin)).start()
@@ -437,6 +439,7 @@ def test_two_hosts_behind_nginx_share_sessions_and_lose_no_concurrent_update(
         assert mine == sorted(mine), seen
 
 
+@pytest.mark.redis
 def test_rate_limit_is_exact_across_two_hosts_behind_nginx(procs, redis_bin, nginx_bin,
                                                            redis_store):
     limit = 40
@@ -449,6 +452,7 @@ def test_rate_limit_is_exact_across_two_hosts_behind_nginx(procs, redis_bin, ngi
         assert {r.pid for r in allowed if r.query == channel} == {a.pid, b.pid}, channel
 
 
+@pytest.mark.redis
 def test_kill_9_of_one_host_under_load_fails_over_and_loses_no_acknowledged_update(
         procs, redis_bin, nginx_bin, redis_store):
     redis = procs.add(RedisProcess(binary=redis_bin)).start()
@@ -482,6 +486,7 @@ def test_kill_9_of_one_host_under_load_fails_over_and_loses_no_acknowledged_upda
 
 
 # ============================================================================= Redis faults
+@pytest.mark.redis
 def test_redis_going_away_answers_503_says_degraded_and_recovers_by_itself(
         procs, redis_bin, redis_store):
     ipywidgets = pytest.importorskip("ipywidgets")  # noqa: F841  (the channel widget)
@@ -598,6 +603,7 @@ def test_redis_going_away_answers_503_says_degraded_and_recovers_by_itself(
         manager.close()
 
 
+@pytest.mark.redis
 def test_a_hung_redis_does_not_stall_calls_that_do_not_need_it(procs, redis_bin, redis_store):
     """Redis hangs (SIGSTOP: connections accepted, nothing answers): ``/health`` waits for its
     pings to time out, and meanwhile the host keeps answering calls that need no Redis."""
@@ -629,6 +635,7 @@ def test_a_hung_redis_does_not_stall_calls_that_do_not_need_it(procs, redis_bin,
 
 @pytest.mark.parametrize(
     "mode", ["aof-everysec-kill-9", "aof-everysec-restart", "rdb-restart"])
+@pytest.mark.redis
 def test_sessions_survive_a_redis_restart_with_its_data(procs, redis_bin, redis_store, mode):
     redis = procs.add(RedisProcess(
         binary=redis_bin, appendonly=mode.startswith("aof"),
@@ -657,6 +664,7 @@ def test_sessions_survive_a_redis_restart_with_its_data(procs, redis_bin, redis_
             "q0", "q1", "q2", "after"], state
 
 
+@pytest.mark.redis
 def test_rdb_only_loses_what_came_after_the_last_snapshot_on_a_crash(procs, redis_bin,
                                                                     redis_store):
     """What docs/operations.md says RDB loses on a crash, shown."""
