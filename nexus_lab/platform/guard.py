@@ -627,6 +627,10 @@ def _raw_response(exc: NexusError, jsonrpc: bool) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n").encode("latin-1") + body
 
 
+#: How long a refused connection keeps reading before it is closed (see _ConnectionGuard._nx_close).
+_LINGER_SECONDS = 2.0
+
+
 class _Tracker:
     """The deadlines and the connection cap of one uvicorn server.
 
@@ -646,6 +650,7 @@ class _Tracker:
         self.live: set[Any] = set()
         self.heads: dict[Any, float] = {}
         self.bodies: dict[Any, float] = {}
+        self.lingering: dict[Any, float] = {}
         self._timer: Any = None
         # the deadlines are kept to about a quarter of the shortest timeout
         self._every = min(1.0, policy.header_timeout / 4, policy.body_timeout / 4)
@@ -668,6 +673,15 @@ class _Tracker:
         self.live.discard(conn)
         self.heads.pop(conn, None)
         self.bodies.pop(conn, None)
+        self.lingering.pop(conn, None)
+
+    def linger(self, conn: Any) -> bool:
+        """Keep a refused connection reading (and dropping) for a moment; False when too many do."""
+        if len(self.lingering) >= self.policy.max_connections:
+            return False
+        self.lingering[conn] = self.loop.time() + _LINGER_SECONDS
+        self._arm()
+        return True
 
     def admit(self, conn: Any) -> bool:
         """Count a new connection; False when it must be refused (all others are busy)."""
@@ -684,14 +698,17 @@ class _Tracker:
     def _sweep(self) -> None:
         self._timer = None
         now = self.loop.time()
-        for table, what in ((self.heads, "head"), (self.bodies, "body")):
+        for table, what in ((self.heads, "head"), (self.bodies, "body"), (self.lingering, "")):
             while table:
                 conn, deadline = next(iter(table.items()))
                 if deadline > now:
                     break
                 del table[conn]
-                conn._nx_expired(what)
-        if self.heads or self.bodies:
+                if what:
+                    conn._nx_expired(what)
+                else:
+                    conn.transport.close()
+        if self.heads or self.bodies or self.lingering:
             self._arm()
 
 
@@ -829,4 +846,11 @@ class _ConnectionGuard:
             return
         if error is not None:
             transport.write(_raw_response(error, self.nexus_jsonrpc))
+            # A lingering close: the answer, then our FIN, while what the client is still
+            # sending is read and dropped for a moment. Closing at once with unread bytes
+            # would send a reset, and the client's kernel would discard the answer unread.
+            if transport.can_write_eof() and self._nx_tracker.linger(self):
+                transport.write_eof()
+                transport.resume_reading()
+                return
         transport.close()
