@@ -728,6 +728,17 @@ def test_stop_waits_for_a_tick_in_progress() -> None:
 
 
 # ----------------------------------------------------------------------------- bench view
+def test_live_svg_chart_clips_at_p99() -> None:
+    from nexus_lab.jupyter.charts import svg_latency
+
+    samples = [(i * 0.01, 0.001 * (1 + i % 3), i != 7) for i in range(60)] + [(0.6, 0.5, True)]
+    svg = svg_latency(samples)
+    assert svg.startswith("<svg") and svg.endswith("</svg>")
+    assert "clipped at p99" in svg and "1 slower" in svg
+    assert "stroke='#b91c1c'" in svg  # the failed request
+    assert "no samples yet" in svg_latency([])
+
+
 def test_bench_progress_fills_in() -> None:
     from nexus_lab.jupyter.bench import BenchSnapshot
     from nexus_lab.widgets import BenchProgress
@@ -738,7 +749,7 @@ def test_bench_progress_fills_in() -> None:
         view.update(BenchSnapshot(done=5, errors=0, elapsed=0.5, total=10, duration=None, samples=samples))
         assert view.bar.value == 0.5
         assert "5/10 requests" in view.label.value
-        assert bytes(view.image.value).startswith(PNG) and view.frames == 1
+        assert view.chart.value.startswith("<svg") and view.frames == 1
         view.update(BenchSnapshot(done=10, errors=2, elapsed=1.0, total=10, duration=None, samples=samples))
         assert view.bar.value == 1.0 and "2 failed" in view.label.value
         assert repr(view) == "BenchProgress(name='assistant', channel='api')"

@@ -70,6 +70,8 @@ MAX_REQUESTS = 1_000_000
 MAX_DURATION = 3600.0
 #: Points a chart draws per series at most (a long run is thinned evenly; the figures use all).
 CHART_POINTS = 20_000
+#: Samples a progress snapshot carries at most (evenly thinned).
+LIVE_POINTS = 5_000
 
 
 def is_loopback(url: str) -> bool:
@@ -483,7 +485,9 @@ class _Load:
     def snapshot(self) -> BenchSnapshot:
         n = len(self.oks)  # lists grow on the loop thread: read up to a consistent length
         elapsed = (time.perf_counter() - self.t0) if self.t0 else 0.0
-        samples = list(zip(self.starts[:n], (x / 1000.0 for x in self.latencies[:n]), self.oks[:n], strict=True))
+        step = max(1, n // LIVE_POINTS)  # a live view needs a few thousand points, not a million
+        starts, latencies, oks = self.starts[:n:step], self.latencies[:n:step], self.oks[:n:step]
+        samples = list(zip(starts, (x / 1000.0 for x in latencies), oks, strict=True))
         return BenchSnapshot(done=n, errors=self.errors, elapsed=elapsed, total=self.total,
                              duration=self.duration, samples=samples)
 

@@ -43,7 +43,7 @@ from typing import Any
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-__all__ = ["LatencyChart", "figure_png", "chart_categories", "agent_category", "clip_limit"]
+__all__ = ["LatencyChart", "figure_png", "chart_categories", "agent_category", "clip_limit", "svg_latency"]
 
 _COLORS = (
     "#2563eb", "#16a34a", "#d97706", "#9333ea", "#0891b2",
@@ -327,3 +327,58 @@ class LatencyChart:
                         continue
             self.update(samples)
         return figure_png(self.figure)
+
+
+def svg_latency(samples: Sequence[tuple[float, float, bool]], *, width: int = 640, height: int = 170,
+                max_points: int = 1500) -> str:
+    """A light SVG scatter of ``[(t_seconds, latency_s, ok)]`` for live views.
+
+    A few milliseconds a frame where a matplotlib frame costs tens to a
+    hundred: a live view drawn while a load runs in the same process takes
+    the GIL from that load, so the live chart must be cheap (the final chart
+    is a :class:`LatencyChart`). Same rules: clipped at p99 (slower samples
+    marked on the top edge, and said so), failures in red.
+
+    >>> svg_latency([(0.0, 0.001, True), (0.1, 0.002, False)]).startswith("<svg")
+    True
+    """
+    if not samples:
+        return (f"<svg class='nexus-live-chart' width='{width}' height='{height}'>"
+                f"<text x='{width // 2}' y='{height // 2}' text-anchor='middle' fill='#6b7280' "
+                "font-size='12'>no samples yet</text></svg>")
+    step = max(1, len(samples) // max_points)
+    pts = samples[::step]
+    ys = [s[1] * 1000.0 for s in pts]
+    top = clip_limit(ys)
+    ceiling = (top if top is not None else max(ys)) * 1.06 or 1.0
+    span = max(s[0] for s in pts) or 1.0
+    left, right, upper, lower = 48, 8, 8, 20
+    w, h = width - left - right, height - upper - lower
+    ok_path: list[str] = []
+    err_path: list[str] = []
+    off_path: list[str] = []
+    for (t, _, ok), y in zip(pts, ys, strict=True):
+        px = left + w * t / span
+        if y > ceiling:
+            off_path.append(f"M{px:.1f},{upper + 4:.1f}l-2.5,4h5z")
+            continue
+        py = upper + h * (1.0 - y / ceiling)
+        (ok_path if ok else err_path).append(f"M{px:.1f},{py:.1f}h1.6")
+    note = ""
+    if top is not None:
+        slower = sum(1 for s in samples if s[1] * 1000.0 > top)
+        note = (f"<text x='{width - right}' y='{height - 4}' text-anchor='end' font-size='10' fill='#374151'>"
+                f"clipped at p99 = {_fmt_ms(top)}: {slower} slower drawn as &#9650;</text>")
+    return (
+        f"<svg class='nexus-live-chart' width='{width}' height='{height}' "
+        "style='font-family:sans-serif'>"
+        f"<rect x='{left}' y='{upper}' width='{w}' height='{h}' fill='none' stroke='#d1d5db'/>"
+        f"<text x='{left - 4}' y='{upper + 9}' text-anchor='end' font-size='10'>{_fmt_ms(ceiling)}</text>"
+        f"<text x='{left - 4}' y='{upper + h}' text-anchor='end' font-size='10'>0</text>"
+        f"<text x='{left}' y='{height - 4}' font-size='10' fill='#374151'>0 s</text>"
+        f"<text x='{left + w // 2}' y='{height - 4}' text-anchor='middle' font-size='10' fill='#374151'>"
+        f"{span:.1f} s since the start</text>"
+        f"<path d='{''.join(ok_path)}' stroke='#2563eb' stroke-width='2' fill='none'/>"
+        f"<path d='{''.join(err_path)}' stroke='#b91c1c' stroke-width='2' fill='none'/>"
+        f"<path d='{''.join(off_path)}' fill='#6b7280'/>{note}</svg>"
+    )

@@ -978,8 +978,13 @@ def _table_order(summary: dict[str, Any]) -> dict[str, Any]:
 # ===================================================================================
 class BenchProgress(widgets.VBox):
     """The live view of a running ``%nexus bench``: a progress bar, the figures so far and
-    the latency chart filling in. Updated by :meth:`update` from the thread that waits for
-    the bench (the kernel's), so it needs no refresh thread; ``close()`` removes it.
+    the latency of each request filling in. Updated by :meth:`update` from the thread that
+    waits for the bench (the kernel's), so it needs no refresh thread; ``close()`` removes it.
+
+    The live chart is a light SVG (:func:`~nexus_lab.jupyter.charts.svg_latency`, a few
+    milliseconds a frame): the load runs in this process, and a matplotlib frame (tens of
+    milliseconds holding the GIL) would show up in the very latencies being measured. The
+    result's ``chart`` is the full matplotlib one.
 
     Example::
 
@@ -991,52 +996,38 @@ class BenchProgress(widgets.VBox):
 
     def __init__(self, name: str, channel: str, total: int | None = None,
                  duration: float | None = None) -> None:
-        from .charts import LatencyChart
-
         self.name, self.channel, self.total, self.duration = name, channel, total, duration
         self.bar = widgets.FloatProgress(value=0.0, min=0.0, max=1.0, description="bench",
                                          bar_style="info", layout=widgets.Layout(width="60%"))
         self.label = widgets.HTML(value="starting…")
-        self.image = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-        self.chart = LatencyChart(title=f"what the caller waited per request ({channel})",
-                                  x_from="first")
-        self._next_draw = 0.0
+        self.chart = widgets.HTML(value="")
+        self.chart.add_class("nexus-bench-live-chart")
         self.frames = 0
-        super().__init__(children=[widgets.HBox([self.bar, self.label]), self.image])
+        super().__init__(children=[widgets.HBox([self.bar, self.label]), self.chart])
         self.add_class("nexus-bench-progress")
 
     def update(self, snap: Any) -> None:
-        """Show a :class:`~nexus_lab.jupyter.bench.BenchSnapshot`; redraws the chart at most
-        ~10% of the time (a frame costs tens of milliseconds, taken from the load)."""
-        from .bench import _thin
-        from .charts import figure_png
+        """Show a :class:`~nexus_lab.jupyter.bench.BenchSnapshot`."""
+        from .charts import svg_latency
 
         rps = snap.done / snap.elapsed if snap.elapsed > 0 else 0.0
         of = f"/{snap.total}" if snap.total else ""
         failed = f", <span style='color:#b91c1c'>{snap.errors} failed</span>" if snap.errors else ""
-        now = time.monotonic()
-        png = None
-        if snap.samples and now >= self._next_draw:
-            t0 = time.perf_counter()
-            self.chart.update({self.channel: _thin(snap.samples, 5000)})
-            png = figure_png(self.chart.figure)
-            self._next_draw = now + max(0.5, 10 * (time.perf_counter() - t0))
-            self.frames += 1
+        svg = svg_latency(snap.samples) if snap.samples else None
         with contextlib.ExitStack() as stack:
-            for child in (self.bar, self.label, self.image):
+            for child in (self.bar, self.label, self.chart):
                 if child.comm is not None:
                     stack.enter_context(child.hold_sync())
             self.bar.value = snap.fraction
             self.label.value = f"{snap.done}{of} requests, {rps:.0f}/s{failed}"
-            if png is not None:
-                self.image.value = png
+            if svg is not None:
+                self.chart.value = svg
+                self.frames += 1
 
     def close(self) -> None:
-        for child in (self.bar, self.label, self.image):
+        for child in (self.bar, self.label, self.chart):
             with contextlib.suppress(Exception):
                 child.close()
-        with contextlib.suppress(Exception):
-            self.chart.figure.clear()
         super().close()
 
     def __repr__(self) -> str:  # stable (nbval compares the text/plain beside the widget)
