@@ -375,6 +375,7 @@ def load_ipython_extension(ipython: Any) -> None:
         magics.last_error, magics.paused = previous.last_error, previous.paused
         previous.owned_app, previous.started_apps, previous._clients = None, [], {}
         previous._loop, previous.paused = None, {}
+        previous.logs.uninstall()  # its use of the log capture goes with it (the new one holds one)
     ipython.register_magics(magics)
     install_completer(ipython, magics)
     _LOADED[id(ipython)] = magics
