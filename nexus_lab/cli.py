@@ -151,7 +151,7 @@ def _exit_code(exc: Exception) -> int:
 
 def _cli_error(exc: Exception, api_key: str | None) -> CliError:
     """One ``error:`` line for a client error, with the hint the CLI user needs."""
-    from .errors import ConfigError, RateLimitExceeded
+    from .errors import ConfigError, NexusConnectionError, RateLimitExceeded
 
     code = _exit_code(exc)
     message = str(exc)
@@ -161,7 +161,7 @@ def _cli_error(exc: Exception, api_key: str | None) -> CliError:
         )
     elif code == EXIT_USAGE and isinstance(exc, ConfigError):
         message = message.replace("invalid url", "invalid --url", 1)
-    elif code == EXIT_SERVER and exc.connected and "no answer" in message:
+    elif isinstance(exc, NexusConnectionError) and exc.connected and "no answer" in message:
         message += " (raise --timeout)"
     elif code == EXIT_SERVER and "is the URL a nexus_lab server" in message:
         message = message.replace("is the URL", "is --url")

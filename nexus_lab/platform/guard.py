@@ -91,7 +91,9 @@ __all__ = [
     "GuardMiddleware",
     "authenticate_request",
     "check_rate",
+    "acheck_rate",
     "guard_request",
+    "aguard_request",
     "rate_key",
     "error_response",
     "error_body",
@@ -404,7 +406,19 @@ def check_rate(app: Nexus, key: str) -> dict[str, str]:
     limiter = app.rate_limiter
     if limiter is None:
         return {}
-    decision = limiter.check(key)
+    return _rate_headers(limiter.check(key))
+
+
+async def acheck_rate(app: Nexus, key: str) -> dict[str, str]:
+    """:func:`check_rate` on an event loop: a shared limiter (Redis) is awaited, never blocked on."""
+    limiter = app.rate_limiter
+    if limiter is None:
+        return {}
+    acheck = getattr(limiter, "acheck", None)
+    return _rate_headers(await acheck(key) if acheck is not None else limiter.check(key))
+
+
+def _rate_headers(decision: Any) -> dict[str, str]:
     headers = decision.headers()
     if not decision.allowed:
         raise RateLimitExceeded(
@@ -440,6 +454,18 @@ def guard_request(app: Nexus, headers: Mapping[str, str] | list, client: Any = N
             raise
         raise AuthenticationError(exc.message, rate_limit_headers=extra) from None
     return GuardResult(principal, check_rate(app, rate_key(principal, client)))
+
+
+async def aguard_request(app: Nexus, headers: Mapping[str, str] | list, client: Any = None) -> GuardResult:
+    """:func:`guard_request` for the servers' event loop (the rate limit is awaited)."""
+    try:
+        principal = authenticate_request(app, headers, client)
+    except AuthenticationError as exc:
+        extra = await acheck_rate(app, rate_key(None, client))
+        if not extra:
+            raise
+        raise AuthenticationError(exc.message, rate_limit_headers=extra) from None
+    return GuardResult(principal, await acheck_rate(app, rate_key(principal, client)))
 
 
 def check_host_origin(policy: HTTPPolicy, host: str | None, origin: str | None) -> None:
@@ -542,7 +568,7 @@ class GuardMiddleware:
 
     async def _guarded(self, nexus: Nexus, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            result = guard_request(nexus, scope["headers"], scope.get("client"))
+            result = await aguard_request(nexus, scope["headers"], scope.get("client"))
         except NexusError as exc:
             await error_response(exc, jsonrpc=self.jsonrpc_errors)(scope, receive, send)
             return

@@ -403,8 +403,13 @@ async def delete_session(request: Request) -> Response:
 
 # ----------------------------------------------------------------------------- platform
 async def health(request: Request) -> Response:
-    """``GET /health`` (exempt from auth and the rate limit)."""
-    return _json(_nexus(request).health_check())
+    """``GET /health`` (exempt from auth and the rate limit).
+
+    The check pings the shared stores (Redis), so it runs in a worker thread: a
+    store that hangs delays this answer, never the event loop.
+    """
+    nexus = _nexus(request)
+    return _json(await nexus._worker_pool().run(nexus.health_check))
 
 
 async def openapi(request: Request) -> Response:
