@@ -684,13 +684,14 @@ def _supervise(app: Any, workers: int, stop: Any, argv: list[str]) -> None:
 
 def _worker_args(ctx: click.Context) -> list[str]:
     """This ``nexus serve`` command line as a worker runs it: every option given, but
-    no ports (workers inherit the sockets) and no ``--workers``."""
+    no ports (workers inherit the sockets) and no ``--workers``. ``--host`` is kept: a
+    worker binds nothing, but its Host/Origin defaults follow the address it serves."""
     args = [ctx.info_name or "serve"]
     for param in ctx.command.params:
         value = ctx.params.get(param.name)
         if isinstance(param, click.Argument):
             args.append(str(value))
-        elif param.name not in ("workers", "api_port", "mcp_port", "host") and value is not None:
+        elif param.name not in ("workers", "api_port", "mcp_port") and value is not None:
             if isinstance(value, bool):
                 if value:
                     args.append(param.opts[0])
