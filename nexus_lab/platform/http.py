@@ -504,6 +504,13 @@ def build_api_app(nexus: Nexus) -> Starlette:
     platform (``allowed_hosts``, ``cors_origins``, ``max_json_depth``, ...).
     """
     policy = HTTPPolicy.of(nexus)
+    if policy.hosts is None and nexus.allowed_hosts is None:
+        logger.warning(
+            "serving on %s without allowed_hosts: the Host header is not checked, so a DNS "
+            "name rebound to this machine reaches the API; pass allowed_hosts=[...] "
+            "(nexus serve --allowed-hosts) with the names clients use",
+            nexus.host,
+        )
     routes = [
         _route("/api/workflows/{name}/execute", post=execute),
         _route("/api/workflows", get=list_workflows),

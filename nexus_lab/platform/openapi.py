@@ -223,9 +223,11 @@ def build_openapi(app: Nexus) -> dict[str, Any]:
                         "The deployment's outputs", {"$ref": "#/components/schemas/ExecutionResult"}
                     ),
                     **common(
-                        ("400", "Malformed JSON or a bad X-Nexus-Channel header"),
+                        ("400", "Malformed JSON (not UTF-8, NaN, nested deeper than "
+                                f"max_json_depth={app.max_json_depth}) or a bad X-Nexus-Channel header"),
                         ("404", "Unknown deployment or session"),
                         ("413", f"Body over {app.max_body_bytes} bytes"),
+                        ("415", "The body is not sent as Content-Type: application/json"),
                         ("422", "Inputs do not match the schema (the error names the field)"),
                     ),
                 },
@@ -327,6 +329,8 @@ def build_openapi(app: Nexus) -> dict[str, Any]:
                 **common(
                     ("400", "Malformed JSON"),
                     ("403", "user_id is not the caller's"),
+                    ("413", f"Body over {app.max_body_bytes} bytes"),
+                    ("415", "The body is not sent as Content-Type: application/json"),
                     ("422", "Invalid field"),
                 ),
             },
@@ -425,6 +429,7 @@ class OpenAPICache:
             app.rate_limiter is not None,
             app.enable_monitoring,
             app.max_body_bytes,
+            app.max_json_depth,
         )
 
     def body(self, app: Nexus) -> bytes:
