@@ -267,7 +267,11 @@ def unencodable_path(value: Any) -> str | None:
 
 
 def too_deep(limit: int) -> BadRequest:
-    """The refusal of JSON nested deeper than ``limit`` (the platform's ``max_json_depth``)."""
+    """The refusal of JSON nested deeper than ``limit`` (the platform's ``max_json_depth``).
+
+    >>> too_deep(64).message
+    'JSON nested more than 64 levels deep (the limit is max_json_depth=64)'
+    """
     return BadRequest(
         f"JSON nested more than {limit} levels deep (the limit is max_json_depth={limit})"
     )
@@ -325,6 +329,11 @@ def require_json_body(headers: Any) -> None:
     ``application/*+json`` is JSON too; a ``charset`` other than UTF-8 is refused.
     Browsers send "simple" cross-origin POSTs (``text/plain``, forms, or a body
     without a type) without asking first, so this also stops such pages.
+
+    Example::
+
+        require_json_body({"content-length": "2", "content-type": "application/json"})  # ok
+        require_json_body({"content-length": "2", "content-type": "text/plain"})  # 415
     """
     length = _header(headers, "content-length")
     if (length is None or length.strip() in ("", "0")) and _header(headers, "transfer-encoding") is None:
@@ -475,6 +484,11 @@ def check_host_origin(policy: HTTPPolicy, host: str | None, origin: str | None) 
     machine); the ``Origin`` check (only when the header is present: browsers
     send it, other clients need not) stops pages of other sites from using a
     browser as their client. See :class:`~nexus_lab.platform.security.HTTPPolicy`.
+
+    Example::
+
+        check_host_origin(HTTPPolicy.of(app), "127.0.0.1:8000", None)  # passes
+        check_host_origin(HTTPPolicy.of(app), "evil.example", None)    # MisdirectedRequest
     """
     if not policy.host_allowed(host):
         raise MisdirectedRequest(
@@ -630,7 +644,15 @@ def uvicorn_options(app: Nexus, *, jsonrpc_errors: bool = False) -> dict[str, An
 
 
 def guarded_protocol(policy: HTTPPolicy, jsonrpc_errors: bool = False) -> type:
-    """uvicorn's HTTP protocol class (httptools, else h11) with :class:`_ConnectionGuard` mixed in."""
+    """uvicorn's HTTP protocol class (httptools, else h11) with :class:`_ConnectionGuard` mixed in.
+
+    With h11 the head limit is h11's own (``h11_max_incomplete_event_size``,
+    answered 400 by uvicorn); the deadlines and the cap work the same.
+
+    Example::
+
+        uvicorn.Config(asgi, http=guarded_protocol(HTTPPolicy.of(app)))
+    """
     from uvicorn.protocols.http.auto import AutoHTTPProtocol
 
     return type(

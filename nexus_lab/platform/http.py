@@ -483,6 +483,11 @@ def _route(path: str, **endpoints: Endpoint) -> Route:
 
     (One Starlette ``Route`` per method would answer a wrong method with the
     ``Allow`` of whichever route matched first.)
+
+    Example::
+
+        _route("/api/sessions", get=list_sessions, post=create_session)
+        # PUT /api/sessions -> 405, Allow: GET, HEAD, POST
     """
     handlers = {method.upper(): _answering_errors(fn) for method, fn in endpoints.items()}
     if len(handlers) == 1:

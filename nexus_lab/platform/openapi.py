@@ -553,6 +553,11 @@ def check_input_types(deployment: Deployment, inputs: dict[str, Any]) -> None:
     """Refuse (422, naming the field) inputs whose JSON types the published schema does not admit.
 
     The checker is built once per deployment schema. See :class:`JSONTypes`.
+
+    Example::
+
+        check_input_types(app.get_deployment("add"), {"a": True})
+        # InputValidationError: invalid input 'a': must be integer (JSON), got boolean
     """
     schema = deployment.schema
     types = _INPUT_TYPES.get(schema)

@@ -266,7 +266,11 @@ def _host_name(host: str) -> str:
 @dataclass(frozen=True)
 class HostPattern:
     """One ``allowed_hosts`` entry: ``name`` (any port), ``name:port``, ``name:*``,
-    ``*.example.com`` (any subdomain) or ``*`` (anything)."""
+    ``*.example.com`` (any subdomain) or ``*`` (anything).
+
+    >>> HostPattern.parse("*.example.com").matches("api.example.com", "443")
+    True
+    """
 
     name: str
     port: str | None  # None: any port, or none
@@ -297,7 +301,11 @@ class HostPattern:
 @dataclass(frozen=True)
 class OriginPattern:
     """One ``allowed_origins`` / ``cors_origins`` entry: ``scheme://host[:port]``,
-    ``scheme://host:*`` (any port) or ``*``."""
+    ``scheme://host:*`` (any port) or ``*``.
+
+    >>> OriginPattern.parse("https://app.example.com", "cors_origins").matches("https", "app.example.com", None)
+    True
+    """
 
     scheme: str
     host: HostPattern
