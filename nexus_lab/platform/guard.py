@@ -823,6 +823,11 @@ class _ConnectionGuard:
             self._nx_partial = False
             self._nx_tracker.wait_head(self)
 
+    def handle_websocket_upgrade(self) -> None:
+        # the connection now belongs to uvicorn's WebSocket protocol: no head deadline for it
+        self._nx_tracker.forget(self)
+        super().handle_websocket_upgrade()  # type: ignore[misc]
+
     def send_400_response(self, msg: str) -> None:
         if not self._nx_refused:  # after a refusal of ours the parser's complaint is moot
             super().send_400_response(msg)  # type: ignore[misc]
