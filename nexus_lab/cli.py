@@ -274,6 +274,10 @@ def _parse_inputs(
             raise click.BadParameter(
                 f"not valid JSON ({exc})", param_hint="'--json-input'"
             ) from None
+        except RecursionError:
+            raise click.BadParameter(
+                "JSON nested too deeply to read", param_hint="'--json-input'"
+            ) from None
         if not isinstance(data, dict):
             raise click.BadParameter(
                 f'must be a JSON object like \'{{"query": "hi"}}\', got {type(data).__name__}',

@@ -282,3 +282,16 @@ def test_start_without_the_server_extras_names_the_extra(tmp_path):
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert "pip install 'nexus-lab[server]'" in done.stdout, done.stdout + done.stderr
     assert "STATE: degraded" in done.stdout
+
+
+def test_a_bad_http_option_fails_start_and_frees_the_ports(make_app, free_port):
+    """The option is named, and the ports it had bound are free again at once."""
+    from nexus_lab.errors import ConfigError
+
+    port = free_port()
+    app = make_app(api_port=port, max_json_depth=0)
+    with pytest.raises(ConfigError, match="max_json_depth"):
+        app.start(block=False)
+    with socket.socket() as s:  # bindable again: the failed start closed its socket
+        s.bind(("127.0.0.1", port))
+    assert app.health_check()["status"] == "degraded"

@@ -224,7 +224,13 @@ class ServerGroup:
                 raise
         self.api_url = _url(app.host, api_sock)
         self.mcp_url = _url(app.host, mcp_sock) + "/mcp"
-        pairs = [(build_api_app(app), api_sock, False), (build_mcp_app(app), mcp_sock, True)]
+        try:  # a bad HTTP option (ConfigError) must not leave the ports bound
+            pairs = [(build_api_app(app), api_sock, False), (build_mcp_app(app), mcp_sock, True)]
+        except BaseException:
+            if self._given_sockets is None:
+                api_sock.close()
+                mcp_sock.close()
+            raise
         for asgi, sock, jsonrpc in pairs:
             config = uvicorn.Config(
                 asgi,
