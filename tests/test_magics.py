@@ -712,14 +712,7 @@ def test_a_comment_never_becomes_part_of_the_query(ip):
 
 
 # --------------------------------------------------------------------------- errors
-_CLI_BUG = pytest.mark.xfail(
-    raises=AssertionError, strict=False,
-    reason="nexus_lab/cli.py _cli_error reads exc.connected on an AgentExecutionError, so "
-    "`nexus run` reports 'unexpected AttributeError' instead of the error id (cli.py is not ours)",
-)
-
-
-@pytest.mark.parametrize("channel", ["in-process", "api", "mcp", pytest.param("cli", marks=_CLI_BUG)])
+@pytest.mark.parametrize("channel", ["in-process", "api", "mcp", "cli"])
 def test_an_agent_failure_is_one_line_with_type_message_and_error_id(request, channel, capfd):
     shell = request.getfixturevalue("ip" if channel == "in-process" else "served")
     if channel == "in-process":

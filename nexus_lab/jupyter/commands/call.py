@@ -149,9 +149,13 @@ def _through_cli(m: Any, app: Any, name: str, inputs: dict, session_id: str | No
         message = (errors or lines or [f"exit status {proc.returncode}"])[-1]
         message = message.removeprefix("error:").strip()
         found = _ERROR_ID.search(message)
+        etype = _EXIT_TYPES.get(proc.returncode, "error")
+        if found and proc.returncode == 1:
+            # a 500 with an error id: the agent's, unless the platform itself failed
+            # (the client tells them apart by the same words)
+            etype = "internal_error" if "internal server error" in message else "agent_error"
         info = CallError(
-            name=name, channel="cli", transport="cli",
-            error_type=_EXIT_TYPES.get(proc.returncode, "error"), message=message,
+            name=name, channel="cli", transport="cli", error_type=etype, message=message,
             error_id=found.group(1) if found else None, exit_code=proc.returncode,
         )
         _add_server_detail(m, info)
