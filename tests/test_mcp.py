@@ -142,7 +142,8 @@ def test_list_and_call_over_http(app):
             assert t.input_schema["type"] == "object"
             assert t.input_schema["required"] == ["query"]
             assert t.input_schema["properties"]["query"]["type"] == "string"
-            assert t.input_schema["properties"]["session_id"]["type"] == "string"
+            # no sessions of its own: no session_id input listed (still accepted when given)
+            assert "session_id" not in t.input_schema["properties"]
             assert "session_state" not in t.input_schema["properties"]
             assert t.output_schema == OUTPUT_SCHEMA
 
@@ -652,3 +653,21 @@ def test_module_entry_point_rejects_a_bad_ref(tmp_path):
     assert proc.returncode == 2
     assert proc.stdout == ""
     assert "not found" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_session_id_is_listed_only_for_deployments_with_sessions(app):
+    from nexus_lab import NexusSessionManager, deploy_with_sessions
+
+    manager = NexusSessionManager(cleanup_interval=300)
+    deploy_with_sessions(AIAssistant(), app, "chat", manager)
+    deploy_multi_channel(add, app, "add")
+
+    async def main(url):
+        async with connect(url) as client:
+            tools = {t.name: t for t in (await client.list_tools()).tools}
+            assert tools["chat"].input_schema["properties"]["session_id"]["type"] == "string"
+            assert "session_id" not in tools["add"].input_schema["properties"]
+
+    with app.running():
+        asyncio.run(main(app.mcp_url))
+    manager.close()

@@ -458,7 +458,7 @@ class SessionInspector(LiveWidget):
             return True
         if self.manager is None:
             return False
-        if getattr(app, "_session_manager", None) is self.manager:
+        if getattr(app, "current_session_manager", None) is self.manager:
             return True
         deployments = getattr(app, "deployments", None) or {}
         return any(getattr(d, "session_manager", None) is self.manager for d in deployments.values())
@@ -925,9 +925,8 @@ class Dashboard(widgets.Tab):
 # ===================================================================================
 def _existing_manager(app: Any) -> Any:
     """The app's session manager if it has one (never creating it), else a deployment's."""
-    # Nexus.session_manager creates an in-memory manager on first access; the platform has
-    # no public "if any" accessor yet, hence the attribute (see the magics' report).
-    manager = getattr(app, "_session_manager", None)
+    # Nexus.session_manager creates an in-memory manager on first access; this only looks
+    manager = getattr(app, "current_session_manager", None)
     if manager is not None:
         return manager
     for dep in (getattr(app, "deployments", None) or {}).values():

@@ -389,6 +389,12 @@ class Nexus:
                     self._owns_session_manager = True
         return self._session_manager
 
+    @property
+    def current_session_manager(self) -> NexusSessionManager | None:
+        """The session manager if the platform has one yet; unlike :attr:`session_manager`
+        it never creates one (views that only show sessions use it)."""
+        return self._session_manager
+
     @session_manager.setter
     def session_manager(self, manager: NexusSessionManager) -> None:
         if self._owns_session_manager and self._session_manager is not None and self._session_manager is not manager:
@@ -823,12 +829,17 @@ class Nexus:
         finally:
             self.stop()
 
+    def release_workers(self) -> None:
+        """End the worker threads (sync agents, blocking store calls) once their calls are
+        done; the next call starts new ones. :meth:`close` does this too."""
+        pool, self._executor = self._executor, None
+        if pool is not None:
+            pool.close()
+
     def close(self) -> None:
         """Stop serving, release the worker threads and the session manager this app created."""
         self.stop()
-        if self._executor is not None:
-            self._executor.close()
-            self._executor = None
+        self.release_workers()
         if self._owns_session_manager and self._session_manager is not None:
             self._session_manager.close()
 

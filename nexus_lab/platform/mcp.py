@@ -187,12 +187,15 @@ class NexusMCPServer(MCPServer):
         return dep
 
     def _tool_for(self, dep: Deployment) -> MCPTool:
+        sessions = dep.session_manager is not None
         cached = self._tool_cache.get(dep.name)
-        if cached is not None and cached[0] is dep:
+        if cached is not None and cached[0] is dep and cached[2] == sessions:
             return cached[1]
         schema = dep.schema.json_schema()
         props = schema.setdefault("properties", {})
-        if SESSION_ARG not in props:
+        # listed only where sessions are the deployment's own; an explicit session_id is still
+        # accepted on any tool (call_tool pops it), as on the API
+        if sessions and SESSION_ARG not in props:
             props[SESSION_ARG] = dict(_SESSION_PROPERTY)
         tool = MCPTool(
             name=dep.name,
@@ -200,7 +203,7 @@ class NexusMCPServer(MCPServer):
             input_schema=schema,
             output_schema=OUTPUT_SCHEMA,
         )
-        self._tool_cache[dep.name] = (dep, tool)
+        self._tool_cache[dep.name] = (dep, tool, sessions)
         return tool
 
     async def list_tools(self) -> list[MCPTool]:

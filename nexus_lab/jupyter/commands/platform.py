@@ -147,16 +147,7 @@ def release_workers(app: Any) -> None:
 
     ``Nexus.close()`` does this too, but also closes the session manager the
     app made for itself, which a notebook still uses after ``%nexus stop``.
-    The platform has no public handle for the pool alone yet, hence the
-    private attribute (see the notes in the magics' report).
     """
     if app.is_running:
         return
-    release = getattr(app, "release_workers", None)
-    if callable(release):
-        release()
-        return
-    pool = getattr(app, "_executor", None)
-    if pool is not None:
-        app._executor = None
-        pool.close()
+    app.release_workers()
