@@ -52,3 +52,21 @@ def test_readme_quickstart_runs_as_written(tmp_path):
     assert done.returncode == 0, done.stderr
     assert "You said: ok?" in done.stdout
     assert (tmp_path / ".nexus" / "sessions.db").exists()
+
+
+def test_readme_client_block_runs_against_a_served_app(make_app):
+    """The README's NexusClient block, as written, with the served app's URL in place of :8000."""
+    import re
+
+    from nexus_lab import AIAssistant, NexusSessionManager, deploy_with_sessions
+
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    (block,) = [b for b in blocks if "NexusClient(" in b]
+    app = make_app()
+    manager = NexusSessionManager(cleanup_interval=300)
+    deploy_with_sessions(AIAssistant(), app, "assistant", manager)
+    with app.running():
+        namespace: dict = {}
+        exec(compile(block.replace("http://127.0.0.1:8000", app.api_url), "README.md", "exec"), namespace)
+    assert "turn 2" in manager.get_session_state(namespace["result"].session_id)["last_response"]
+    manager.close()
