@@ -2,7 +2,6 @@
 
 300 API, 150 MCP and 15 CLI calls through the real servers, then the MetricsDashboard chart as PNG.
 """
-import asyncio
 from nexus_lab import AIAssistant, Nexus, NexusClient, deploy_multi_channel
 from nexus_lab.jupyter.widgets import MetricsDashboard
 
@@ -17,7 +16,6 @@ with app.running():
         for i in range(15):
             c.run("assistant", {"query": f"c{i}"}, channel="cli")
     dash = MetricsDashboard(app, auto_refresh=False)
-    dash.refresh() if hasattr(dash, "refresh") else None
     data = bytes(dash.image.value)
     open("docs/images/metrics-dashboard.png", "wb").write(data)
     print(len(data), dash.categories)
