@@ -377,6 +377,25 @@ class RedisProcess(ChildProcess):
         except OSError:
             return False
 
+    def info(self, section: str = "persistence", timeout: float = 5.0) -> dict[str, str]:
+        """``INFO section`` as ``{field: value}`` (e.g. ``aof_buffer_length``)."""
+        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
+            s.sendall(f"INFO {section}\r\n".encode())
+            data = b""
+            while b"\r\n" not in data:
+                data += s.recv(65536) or b"\r\n"
+            head, _, body = data.partition(b"\r\n")
+            if not head.startswith(b"$"):
+                raise ProcessError(f"redis-server answered INFO with {head!r}")
+            size = int(head[1:])
+            while len(body) < size:
+                chunk = s.recv(65536)
+                if not chunk:
+                    break
+                body += chunk
+        pairs = (line.split(":", 1) for line in body[:size].decode().splitlines() if ":" in line)
+        return {k: v for k, v in pairs}
+
     def stop(self, timeout: float = 30.0) -> int | None:
         """A clean shutdown (SIGTERM): the AOF is fsynced and an RDB saved when configured."""
         code = self.terminate(timeout)
