@@ -52,6 +52,7 @@ CHANNEL_LABELS = {"api": "API", "cli": "CLI", "mcp": "MCP"}
 STATE_COLORS = {
     "registered": "#6b7280",
     "serving": "#15803d",
+    "degraded": "#c2410c",
     "stopped": "#b45309",
     "failed": "#b91c1c",
 }

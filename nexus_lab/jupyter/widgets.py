@@ -282,7 +282,9 @@ class ChannelStatus(LiveWidget):
     Traits (read them, do not set them): ``states`` ``{"api": "serving", ...}``,
     ``urls`` (``None`` when not serving), ``deployments`` ``{channel: [names]}``,
     ``counts`` ``{channel: requests}`` (``{}`` unless the app was created with
-    ``enable_monitoring=True``), ``errors`` ``{channel: message}`` of failed channels.
+    ``enable_monitoring=True``), ``errors`` ``{channel: message}`` of failed channels,
+    ``problems``: what ``health_check()`` found wrong with the shared stores; while
+    there are any, a serving channel shows ``degraded`` (its calls that need them get 503).
 
     The view is an ``HTML`` table whose rows carry the CSS classes
     ``nexus-channel nexus-channel-<channel> nexus-state-<state>`` and show the
@@ -294,6 +296,7 @@ class ChannelStatus(LiveWidget):
     deployments = Dict()
     counts = Dict()
     errors = Dict()
+    problems = List()
 
     def __init__(self, app: Any, refresh_interval: float = 0.5, auto_refresh: bool = True) -> None:
         self.app = app
@@ -307,19 +310,28 @@ class ChannelStatus(LiveWidget):
 
     def _update(self, force: bool) -> None:
         app = self.app
-        status = app.channel_status()
+        # health_check, not channel_status: it also asks the shared stores (Redis sessions, a
+        # Redis rate limit), so a serving channel whose calls would get 503 shows "degraded"
+        health = app.health_check()
+        status = health["channels"]
+        problems = [str(p) for p in health.get("problems", [])]
         monitoring = bool(getattr(app, "enable_monitoring", False))
         summary: dict[str, Any] = {}
         if monitoring:
             summary = app.metrics.get_summary()
-        states = {ch: str(e.get("state")) for ch, e in status.items()}
+        states = {
+            ch: "degraded" if problems and e.get("state") == "serving" else str(e.get("state"))
+            for ch, e in status.items()
+        }
         urls = {ch: e.get("url") for ch, e in status.items()}
         deployments = {ch: list(e.get("deployments") or []) for ch, e in status.items()}
         errors = {ch: str(e["error"]) for ch, e in status.items() if e.get("error")}
         counts = {ch: int(summary.get(ch, {}).get("count", 0)) for ch in status} if monitoring else {}
         failed = {ch: int(summary.get(ch, {}).get("errors", 0)) for ch in status} if monitoring else {}
-        value = self._render(status, states, urls, deployments, counts, failed, errors, monitoring)
+        value = self._render(status, states, urls, deployments, counts, failed, errors, monitoring,
+                             problems)
         with self._batched(self.view):
+            self.problems = problems
             self.states = states
             self.urls = urls
             self.deployments = deployments
@@ -327,7 +339,8 @@ class ChannelStatus(LiveWidget):
             self.errors = errors
             self.view.value = value
 
-    def _render(self, status, states, urls, deployments, counts, failed, errors, monitoring) -> str:
+    def _render(self, status, states, urls, deployments, counts, failed, errors, monitoring,
+                problems=()) -> str:
         head = "".join(_th(h) for h in ("channel", "state", "URL", "deployments", "requests"))
         rows = []
         for ch in _ordered(status):
@@ -356,7 +369,7 @@ class ChannelStatus(LiveWidget):
                 f"{_td(badge, 'nexus-channel-state')}{_td(shown, 'nexus-channel-url')}"
                 f"{_td(deps, 'nexus-channel-deployments')}{_td(req, 'nexus-channel-requests')}</tr>"
             )
-        notes = []
+        notes = [f"<span class='nexus-problem' style='color:#c2410c'>{esc(p)}</span>" for p in problems]
         if not monitoring:
             notes.append("request counts need <code>Nexus(enable_monitoring=True)</code>")
         if getattr(self.app, "enable_auth", False):
