@@ -294,7 +294,9 @@ class Execution:
     def json_body(self) -> bytes:
         """``{"outputs", "session_id", "execution_time_ms", "agent_time_ms"}`` as JSON bytes."""
         outputs = self.outputs_json or encode_outputs(self.name, self.outputs)
-        sid = _encode(self.session_id).encode()
+        sid = self.session_id
+        # ids we make are URL-safe ASCII: quoted as is; any other id goes through the encoder
+        sid = b'"' + sid.encode() + b'"' if sid is not None and _PLAIN_ID(sid) else _encode(sid).encode()
         return b"".join((
             b'{"outputs":', outputs, b',"session_id":', sid,
             b',"execution_time_ms":', repr(round(self.execution_time_ms, 3)).encode(),
@@ -313,6 +315,9 @@ class Execution:
 _encode = json.JSONEncoder(
     ensure_ascii=False, separators=(",", ":"), allow_nan=False, default=str
 ).encode
+
+
+_PLAIN_ID = re.compile(r"[A-Za-z0-9_.\-]{1,256}").fullmatch
 
 
 def encode_outputs(name: str, outputs: dict[str, Any]) -> bytes:

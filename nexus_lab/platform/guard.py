@@ -302,7 +302,7 @@ def parse_json(body: bytes, max_depth: int, *, envelope: int = 1) -> Any:
     if json_nesting_exceeds(body, max_depth + envelope):
         raise too_deep(max_depth)
     try:
-        return json.loads(text, parse_constant=_not_json, parse_float=_finite)
+        return _DECODER.decode(text)
     except RecursionError:  # a backstop: json_nesting_exceeds stops these first
         raise too_deep(max_depth) from None
     except ValueError as exc:
@@ -320,6 +320,10 @@ def _finite(text: str) -> float:
     if value - value != 0.0:  # inf (NaN cannot be written as a JSON number)
         raise ValueError(f"number {text[:40]} is too large")
     return value
+
+
+#: One decoder for every body (``json.loads`` with hooks builds a new one per call).
+_DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)
 
 
 def require_json_body(headers: Any) -> None:
