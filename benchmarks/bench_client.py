@@ -19,7 +19,7 @@ built, sent on a kept-alive connection, answer received and JSON-decoded):
    the client's background loop thread, so a cross-thread hand-off per call);
 4. **magic** (when IPython is installed) - ``%nexus call assistant query=q``
    from an ``InteractiveShell`` whose ``nexus_app`` is the platform: argument
-   parsing plus the magics' cached ``NexusClient`` (``api`` channel).
+   parsing plus the magics' ``AsyncNexusClient`` on their own loop thread (``api`` channel).
 
 Each round runs ``--calls`` raw and client calls *interleaved one by one*
 (the order alternates between rounds), then ``--mcp-calls`` MCP calls and
@@ -168,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(f"  NexusClient.run (mcp)          {med('mcp'):7.3f} ms")
     if rows and "magic" in rows[0]:
-        print(f"  %nexus call (api, cached)      {med('magic'):7.3f} ms")
+        print(f"  %nexus call (api)              {med('magic'):7.3f} ms")
     return 0
 
 
