@@ -296,7 +296,10 @@ class Execution:
         outputs = self.outputs_json or encode_outputs(self.name, self.outputs)
         sid = self.session_id
         # ids we make are URL-safe ASCII: quoted as is; any other id goes through the encoder
-        sid = b'"' + sid.encode() + b'"' if sid is not None and _PLAIN_ID(sid) else _encode(sid).encode()
+        if sid is None:
+            sid = b"null"
+        else:
+            sid = b'"' + sid.encode() + b'"' if _PLAIN_ID(sid) else _encode(sid).encode()
         return b"".join((
             b'{"outputs":', outputs, b',"session_id":', sid,
             b',"execution_time_ms":', repr(round(self.execution_time_ms, 3)).encode(),

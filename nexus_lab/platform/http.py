@@ -156,13 +156,21 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise PayloadTooLarge(
                 f"request body of {size} bytes is over the limit of {limit} bytes"
             )
+    # the ASGI messages read directly (request.stream() is an async generator per request)
+    receive = request.receive
     chunks: list[bytes] = []
     total = 0
-    async for chunk in request.stream():
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnect()
+        chunk = message.get("body", b"")
         total += len(chunk)
         if total > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
         chunks.append(chunk)
+        if not message.get("more_body", False):
+            break
     return chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
 
