@@ -43,6 +43,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import _procs  # noqa: E402  (tests/_procs.py: the processes the scale-out tests use)
 from _procs import API_KEY, NexusServe, NginxProcess, RedisProcess, find_binary, rss_kib  # noqa: E402
@@ -52,29 +53,8 @@ RATE = 10**9
 TARGET = 0.3
 EXECUTE = "/api/workflows/echo/execute"
 
-LUA = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer %(key)s"
-local sessions = {%(sessions)s}
-local counter = 0
-request = function()
-  counter = counter + 1
-  local sid = sessions[(counter %% #sessions) + 1]
-  return wrk.format(nil, nil, nil,
-    '{"inputs":{"query":"message number ' .. counter .. '"},"session_id":"' .. sid .. '"}')
-end
-"""
-
-BARE_LUA = r"""
-wrk.method = "POST"
-wrk.headers["Content-Type"] = "application/json"
-local counter = 0
-request = function()
-  counter = counter + 1
-  return wrk.format(nil, nil, nil, '{"inputs":{"query":"message number ' .. counter .. '"}}')
-end
-"""
+# the same wrk scripts as bench_http_prod.py: a session per call from a pool, and the bare body
+from bench_http_prod import BARE_LUA, LUA  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the bare server
