@@ -124,7 +124,19 @@ def build(tmp: str, agent: str):
     return dispatch, pools, closers
 
 
-def wrk(binary: str, url: str, script: str, duration: float, connections: int) -> tuple[float, str]:
+_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
+
+
+def _ms(text: str) -> float:
+    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
+    if not m:
+        raise ValueError(f"not a wrk duration: {text!r}")
+    return float(m.group(1)) * _UNITS[m.group(2)]
+
+
+def wrk(binary: str, url: str, script: str, duration: float, connections: int) -> dict:
+    """One wrk run: req/s, p50/p99 in ms, errors (non-2xx + socket errors). Also used by
+    bench_scale.py."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
         path = f.name
@@ -136,20 +148,21 @@ def wrk(binary: str, url: str, script: str, duration: float, connections: int) -
         )
     finally:
         os.unlink(path)
-    m = re.search(r"Requests/sec:\s*([\d.]+)", proc.stdout)
-    if proc.returncode != 0 or not m:
-        raise SystemExit(f"wrk failed:\n{proc.stdout}\n{proc.stderr}")
-    notes = []
-    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", proc.stdout)
+    out = proc.stdout
+    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
+    if proc.returncode != 0 or not rps:
+        raise SystemExit(f"wrk failed:\n{out}\n{proc.stderr}")
+    errors = 0
+    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
     if bad:
-        notes.append(f"{bad.group(1)} non-2xx responses!")
-    errs = re.search(r"Socket errors:.*", proc.stdout)
-    if errs:
-        notes.append(errs.group(0))
-    p99 = re.search(r"99%\s+([\d.]+\w+)", proc.stdout)
-    if p99:
-        notes.append(f"p99 {p99.group(1)}")
-    return float(m.group(1)), " ".join(notes)
+        errors += int(bad.group(1))
+    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
+    if sock:
+        errors += sum(int(g) for g in sock.groups())
+    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M)
+    p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M)
+    return {"rps": float(rps.group(1)), "p50": _ms(p50.group(1)), "p99": _ms(p99.group(1)),
+            "errors": errors}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -190,11 +203,13 @@ def main(argv: list[str] | None = None) -> int:
             for r in range(args.rounds):
                 row = {}
                 for kind in scripts:
-                    rps, note = wrk(binary, srv.url + paths[kind], scripts[kind], args.duration,
-                                    args.connections)
-                    row[kind] = rps
+                    run = wrk(binary, srv.url + paths[kind], scripts[kind], args.duration,
+                              args.connections)
+                    rps = row[kind] = run["rps"]
                     results[kind].append(rps)
-                    print(f"  round {r + 1} {kind:7} {rps:9.0f} req/s  {note}")
+                    errors = f"  {run['errors']} errors!" if run["errors"] else ""
+                    print(f"  round {r + 1} {kind:7} {rps:9.0f} req/s  p50 {run['p50']:.2f} ms  "
+                          f"p99 {run['p99']:.2f} ms{errors}")
                 for kind in ratios:
                     ratios[kind].append(row[kind] / row["bare"])
         for app, manager in closers:

@@ -31,10 +31,8 @@ from __future__ import annotations
 
 import argparse
 import os
-import re
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -54,7 +52,7 @@ TARGET = 0.3
 EXECUTE = "/api/workflows/echo/execute"
 
 # the same wrk scripts as bench_http_prod.py: a session per call from a pool, and the bare body
-from bench_http_prod import BARE_LUA, LUA  # noqa: E402
+from bench_http_prod import BARE_LUA, LUA, wrk  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- the bare server
@@ -102,47 +100,6 @@ class BareServe(_procs.ChildProcess):
         self.api_url = self._wait_line(self.out, r"^API: (\S+)", time.monotonic() + timeout).group(1)
         self.worker_pids = [self.pid]
         return self
-
-
-# ----------------------------------------------------------------------------- wrk
-_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3, "m": 60e3}
-
-
-def _ms(text: str) -> float:
-    m = re.fullmatch(r"([\d.]+)(us|ms|s|m)", text)
-    if not m:
-        raise ValueError(f"not a wrk duration: {text!r}")
-    return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def wrk(binary: str, url: str, script: str, duration: float, connections: int) -> dict:
-    """One wrk run: req/s, p50/p99 in ms, errors (non-2xx + socket errors)."""
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
-        f.write(script)
-        path = f.name
-    try:
-        proc = subprocess.run(
-            [binary, "-t1", f"-c{connections}", f"-d{max(1, round(duration))}s", "--latency",
-             "-s", path, url],
-            capture_output=True, text=True, timeout=duration + 60,
-        )
-    finally:
-        os.unlink(path)
-    out = proc.stdout
-    rps = re.search(r"Requests/sec:\s*([\d.]+)", out)
-    if proc.returncode != 0 or not rps:
-        raise SystemExit(f"wrk failed:\n{out}\n{proc.stderr}")
-    errors = 0
-    bad = re.search(r"Non-2xx or 3xx responses:\s*(\d+)", out)
-    if bad:
-        errors += int(bad.group(1))
-    sock = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    if sock:
-        errors += sum(int(g) for g in sock.groups())
-    p50 = re.search(r"^\s*50%\s+(\S+)", out, re.M)
-    p99 = re.search(r"^\s*99%\s+(\S+)", out, re.M)
-    return {"rps": float(rps.group(1)), "p50": _ms(p50.group(1)), "p99": _ms(p99.group(1)),
-            "errors": errors}
 
 
 def create_sessions(url: str, n: int) -> list[str]:
