@@ -496,7 +496,11 @@ class Nexus:
                 raise self._timed_out(dep, channel, started, timeout) from None
         flow = self._flow(dep, inputs, channel, session_id, principal, coerce_strings, started)
         manager = dep.session_manager or self._session_manager
-        offload = self._worker_pool().run if getattr(manager, "blocking", False) else None
+        # where the session steps run: awaited on the loop when the store never blocks it
+        # (memory, or native async twins: SQLite's I/O threads, Redis); else in worker threads
+        offload = None
+        if manager is not None and not manager.async_native:
+            offload = self._worker_pool().run
         value: Any = None
         error: BaseException | None = None
         while True:
@@ -508,20 +512,20 @@ class Nexus:
             try:
                 if step[0] is _AGENT:
                     if timeout is None:
-                        value = await dep.acall(step[1], step[2])
+                        value = await dep.acall(step[2], step[3])
                     else:
                         try:
-                            value = await _within(dep.acall(step[1], step[2]), timeout)
+                            value = await _within(dep.acall(step[2], step[3]), timeout)
                         except asyncio.TimeoutError:  # the agent's coroutine was cancelled
                             error = self._timed_out(dep, channel, started, timeout, cancelled=True)
-                elif offload is not None:
-                    call = functools.partial(step[0], *step[1], **step[2])
-                    if step[3] is None:  # writes: as many at once as come (group commit)
+                elif offload is None:
+                    value = await step[1](*step[2], **step[3])
+                else:
+                    call = functools.partial(step[0], *step[2], **step[3])
+                    if step[4] is None:  # writes: as many at once as come (group commit)
                         value = await offload(call)
                     else:  # reads: a few threads, back to back, so they don't fight for the GIL
-                        value = await offload(call, key=step[3], limit=_READ_THREADS)
-                else:
-                    value = step[0](*step[1], **step[2])
+                        value = await offload(call, key=step[4], limit=_READ_THREADS)
             except BaseException as exc:  # delivered to the flow, which maps and records it
                 error = exc
 
@@ -550,9 +554,9 @@ class Nexus:
                     continue
                 try:
                     if step[0] is _AGENT:
-                        value = dep.call(step[1], step[2])
+                        value = dep.call(step[2], step[3])
                     else:
-                        value = step[0](*step[1], **step[2])
+                        value = step[0](*step[2], **step[3])
                 except BaseException as exc:
                     error = exc
         finally:
@@ -582,9 +586,10 @@ class Nexus:
     def _flow(self, dep, inputs, channel, session_id, principal, coerce_strings, started):
         """The one execution path, as a generator of the steps that may block.
 
-        It yields ``(_AGENT, values, state, None)`` for the agent call and
-        ``(fn, args, kwargs, read_key)`` for each session-store call (``read_key``:
-        the manager, for reads; None for writes); a driver
+        It yields ``(_AGENT, None, values, state, None)`` for the agent call and
+        ``(fn, afn, args, kwargs, read_key)`` for each session-store call: the
+        manager's sync method and its awaitable twin, and ``read_key`` (the
+        manager, for reads; None for writes); a driver
         (:meth:`_run_sync` or :meth:`aexecute`) runs each step where it belongs and
         sends the result (or throws the exception) back. Validation, ownership,
         the session read and write, output encoding, error mapping and metrics
@@ -600,7 +605,7 @@ class Nexus:
                 manager = dep.session_manager or self.session_manager
                 # one pure read (ownership checked in it); the expiry slides with the write below
                 session = yield (
-                    manager.get_session, (session_id,),
+                    manager.get_session, manager.aget_session, (session_id,),
                     {"channel": channel, "user_id": principal, "touch": False}, manager,
                 )
                 if session is None:
@@ -615,7 +620,7 @@ class Nexus:
                 new_session = True
             agent_started = reached = time.perf_counter()
             try:
-                result = yield (_AGENT, values, state, None)
+                result = yield (_AGENT, None, values, state, None)
             except NexusError:
                 raise
             except Exception as exc:
@@ -626,13 +631,17 @@ class Nexus:
             body = encode_outputs(dep.name, outputs)
             if manager is not None:
                 if new_session:
-                    session = yield (manager.create_session, (principal or "anonymous",), {}, None)
+                    session = yield (
+                        manager.create_session, manager.acreate_session,
+                        (principal or "anonymous",), {}, None,
+                    )
                     session_id = session.session_id
                 # computed from the state current at write time, atomically: concurrent calls on one
                 # session (from any channel or process) never lose a turn
                 try:
                     yield (
                         manager.apply_session_update,
+                        manager.aapply_session_update,
                         (session_id, functools.partial(session_update, values, outputs, channel=channel)),
                         {"channel": channel},
                         None,
@@ -640,7 +649,7 @@ class Nexus:
                 except Exception:
                     if new_session:  # the call failed: its new session goes with it
                         try:
-                            yield (manager.delete_session, (session_id,), {}, None)
+                            yield (manager.delete_session, manager.adelete_session, (session_id,), {}, None)
                         except Exception:
                             logger.warning("could not remove the session of a failed call", exc_info=True)
                     raise

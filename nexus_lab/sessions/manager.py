@@ -21,8 +21,13 @@ Design notes:
   and writes nothing. The platform reads that way and lets the update that
   follows (``apply_session_update``) slide the expiry and record the channel,
   so a call costs one write transaction, not two.
-* ``blocking`` tells whether store calls wait on I/O (SQLite, Redis): an
-  asyncio server then runs them in worker threads, never on its event loop.
+* ``blocking`` tells whether store calls wait on I/O (SQLite, Redis). Each
+  call the platform makes has an awaitable twin (``aget_session``,
+  ``aapply_session_update``, ``acreate_session``, ``adelete_session``) with
+  the same preparation; an asyncio server awaits the twin when
+  ``async_native`` (the store hands the work to its own I/O thread or async
+  client) and otherwise runs the sync call in a worker thread, never on its
+  event loop.
 * Metrics are counters the stores maintain in the same transaction as the
   change they count, so ``get_session_metrics`` never scans sessions and,
   with the SQLite or Redis store, several processes see the same numbers.
@@ -243,6 +248,15 @@ class NexusSessionManager:
         """
         return self._store.blocking
 
+    @property
+    def async_native(self) -> bool:
+        """Whether the ``a*`` twins (:meth:`aget_session`, :meth:`aapply_session_update`,
+        :meth:`acreate_session`, :meth:`adelete_session`) never block the event loop:
+        ``True`` for a store that does not block (memory) or has native async twins
+        (:attr:`SessionStore.async_native`: SQLite's I/O threads, Redis)."""
+        store = self._store
+        return store.async_native or not store.blocking
+
     def store_healthy(self) -> bool:
         """Whether the store answers now: its ``ping()`` if it has one (Redis), else ``True``.
 
@@ -308,6 +322,40 @@ class NexusSessionManager:
             s = manager.create_session("user-123", metadata={"plan": "pro"}, ttl=600)
             s.ttl        # 600
         """
+        record, now, event, incr, session = self._new_session(user_id, session_id, metadata, ttl, channel)
+        if not self._store.create(record, now, event, incr):
+            raise InputValidationError(f"Session {record.session_id!r} already exists", field="session_id")
+        return session
+
+    async def acreate_session(
+        self,
+        user_id: str,
+        session_id: str | None = None,
+        metadata: Mapping[str, Any] | None = None,
+        ttl: float | None = None,
+        *,
+        channel: str | None = None,
+    ) -> Session:
+        """:meth:`create_session`, awaited on an event loop (the store's :meth:`acreate`).
+
+        Example::
+
+            session = await manager.acreate_session("user-123", channel="api")
+        """
+        record, now, event, incr, session = self._new_session(user_id, session_id, metadata, ttl, channel)
+        if not await self._store.acreate(record, now, event, incr):
+            raise InputValidationError(f"Session {record.session_id!r} already exists", field="session_id")
+        return session
+
+    def _new_session(
+        self,
+        user_id: str,
+        session_id: str | None,
+        metadata: Mapping[str, Any] | None,
+        ttl: float | None,
+        channel: str | None,
+    ) -> tuple[SessionRecord, float, SessionEvent, dict[str, int] | None, Session]:
+        """The checked record of a new session and what its ``store.create`` call needs."""
         if not isinstance(user_id, str) or not user_id.strip():
             raise InputValidationError(
                 f"user_id must be a non-empty string, got {user_id!r}", field="user_id"
@@ -362,12 +410,10 @@ class NexusSessionManager:
         record = SessionRecord(
             sid, user_id, now, now, now + effective_ttl, ttl, meta_json, channels, {}, "{}"
         )
-        created = self._store.create(record, now, SessionEvent(now, channel, "create", ()), incr)
-        if not created:
-            raise InputValidationError(f"Session {sid!r} already exists", field="session_id")
-        return Session(
+        session = Session(
             sid, user_id, now, now, now + effective_ttl, effective_ttl, list(channels), meta, {}, {}
         )
+        return record, now, SessionEvent(now, channel, "create", ()), incr, session
 
     def update_session_state(
         self, session_id: str, updates: Mapping[str, Any], channel: str = "api"
@@ -444,6 +490,31 @@ class NexusSessionManager:
 
             manager.apply_session_update(sid, lambda s: {"turns": s.get("turns", 0) + 1})
         """
+        return self._store_update(*self._apply_call(session_id, compute, channel))
+
+    async def aapply_session_update(
+        self,
+        session_id: str,
+        compute: Callable[[dict[str, Any]], Mapping[str, Any]],
+        channel: str = "api",
+    ) -> dict[str, Any]:
+        """:meth:`apply_session_update`, awaited on an event loop (the store's :meth:`aupdate`).
+
+        ``compute`` may run on the store's I/O thread, so it must be pure, as always.
+
+        Example::
+
+            await manager.aapply_session_update(sid, lambda s: {"turns": s.get("turns", 0) + 1})
+        """
+        return await self._store.aupdate(*self._apply_call(session_id, compute, channel))
+
+    def _apply_call(
+        self,
+        session_id: str,
+        compute: Callable[[dict[str, Any]], Mapping[str, Any]],
+        channel: str,
+    ) -> tuple[str, Callable[[SessionRecord], dict[str, Any]], float, SessionEvent, dict[str, int]]:
+        """The ``store.update`` arguments of :meth:`apply_session_update`."""
         if not callable(compute):
             raise TypeError(f"compute must be callable, not {type(compute).__name__}")
         try:
@@ -480,7 +551,7 @@ class NexusSessionManager:
             event.keys = tuple(upd)  # known only now; the store logs the event after mutate
             return merged
 
-        return self._store_update(session_id, mutate, now, event, incr)
+        return session_id, mutate, now, event, incr
 
     def get_session_state(
         self, session_id: str, channel: str | None = None, *, touch: bool = True
@@ -557,10 +628,7 @@ class NexusSessionManager:
         if not touch:
             if channel is not None:
                 self._check_channel(channel)
-            rec = self._store_get(session_id, self._clock())
-            if rec is None or (user_id is not None and rec.user_id != user_id):
-                return None
-            return Session._from_snapshot(rec, self.session_ttl)  # rec is ours: no 2nd copy
+            return self._visible(self._store_get(session_id, self._clock()), user_id)
         incr = self._incr_for(channel) if channel is not None else None
         now = self._clock()
         default_ttl = self.session_ttl
@@ -586,6 +654,34 @@ class NexusSessionManager:
             return None
         return Session._from_snapshot(rec, default_ttl)
 
+    async def aget_session(
+        self,
+        session_id: str,
+        channel: str | None = None,
+        *,
+        user_id: str | None = None,
+        touch: bool = False,
+    ) -> Session | None:
+        """``get_session(..., touch=False)`` awaited on an event loop: one pure read
+        (the store's :meth:`aget`), nothing written. ``touch`` must stay ``False``
+        (it is accepted so that both methods take the same arguments).
+
+        Example::
+
+            session = await manager.aget_session(sid, channel="api", user_id="alice")
+        """
+        if touch:
+            raise ValueError("aget_session is a pure read; use get_session(..., touch=True) to touch")
+        if channel is not None:
+            self._check_channel(channel)
+        return self._visible(await self._store.aget(session_id, self._clock()), user_id)
+
+    def _visible(self, rec: SessionRecord | None, user_id: str | None) -> Session | None:
+        """The snapshot of a record read purely, if it is there and ``user_id`` (if any) owns it."""
+        if rec is None or (user_id is not None and rec.user_id != user_id):
+            return None
+        return Session._from_snapshot(rec, self.session_ttl)  # rec is ours: no 2nd copy
+
     def list_sessions(self, user_id: str | None = None) -> list[Session]:
         """Snapshots of the live sessions (of ``user_id`` if given), oldest first. Touches nothing."""
         ttl = self.session_ttl
@@ -594,6 +690,10 @@ class NexusSessionManager:
     def delete_session(self, session_id: str) -> bool:
         """Delete a live session and its events; ``False`` if unknown or already expired."""
         return self._store.delete(session_id, self._clock())
+
+    async def adelete_session(self, session_id: str) -> bool:
+        """:meth:`delete_session`, awaited on an event loop (the store's :meth:`adelete`)."""
+        return await self._store.adelete(session_id, self._clock())
 
     def get_session_events(self, session_id: str) -> list[SessionEvent]:
         """The session's last ``max_events`` events, oldest first; ``[]`` if unknown or expired."""

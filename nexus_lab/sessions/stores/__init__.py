@@ -41,7 +41,10 @@ another process (a file, a socket: SQLite, Redis), ``False`` if every call is
 short CPU work in this process (the memory store). An asyncio server reads it
 (``NexusSessionManager.blocking``) to run a blocking store's calls in its
 worker threads instead of on the event loop, where one slow commit would stall
-every connection.
+every connection. A store may also set ``async_native = True`` and implement
+the awaitable twins (``aget``, ``aupdate``, ``acreate``, ``adelete``) so that
+the server awaits them on its loop instead (SQLite hands them to its own I/O
+threads; Redis pipelines them).
 
 Example::
 
@@ -188,6 +191,43 @@ class SessionStore(ABC):
     @abstractmethod
     def close(self) -> None:
         """Release resources. Idempotent."""
+
+    # -- async twins (what an asyncio server awaits) -----------------------------------
+    #: ``True`` when :meth:`aget`, :meth:`aupdate`, :meth:`acreate` and :meth:`adelete` are
+    #: native: awaiting them never blocks the event loop (the store hands the work to its
+    #: own I/O thread or an async client). ``False`` (the default) means the twins below just
+    #: call the sync methods, which is right for a store that does not block (memory); a
+    #: blocking store without native twins is called from worker threads by the platform.
+    async_native: bool = False
+
+    async def aget(self, session_id: str, now: float) -> SessionRecord | None:
+        """:meth:`get`, awaitable. Default: the sync call (see :attr:`async_native`)."""
+        return self.get(session_id, now)
+
+    async def aupdate(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], T],
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> T:
+        """:meth:`update`, awaitable. ``mutate`` may run on another thread than the caller's."""
+        return self.update(session_id, mutate, now, event, incr)
+
+    async def acreate(
+        self,
+        record: SessionRecord,
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> bool:
+        """:meth:`create`, awaitable."""
+        return self.create(record, now, event, incr)
+
+    async def adelete(self, session_id: str, now: float) -> bool:
+        """:meth:`delete`, awaitable."""
+        return self.delete(session_id, now)
 
     def __enter__(self) -> SessionStore:
         return self
