@@ -102,16 +102,21 @@ __all__ = [
     "json_nesting_exceeds",
     "nesting_exceeds",
     "require_json_body",
+    "require_json_content",
     "check_host_origin",
     "uvicorn_options",
     "current_principal",
     "request_started",
     "PRINCIPAL_SCOPE_KEY",
     "STARTED_SCOPE_KEY",
+    "RESPONSE_HEADERS_SCOPE_KEY",
 ]
 
 #: ASGI scope key where :class:`GuardMiddleware` stores the caller's principal.
 PRINCIPAL_SCOPE_KEY = "nexus.principal"
+#: ASGI scope key where :class:`GuardMiddleware` leaves the headers (ASGI pairs) the
+#: response must carry, for an inner app with ``adds_guard_headers = True``.
+RESPONSE_HEADERS_SCOPE_KEY = "nexus.response_headers"
 #: ASGI scope key where :class:`GuardMiddleware` stores when the request arrived
 #: (a ``time.perf_counter()`` value).
 STARTED_SCOPE_KEY = "nexus.started"
@@ -339,10 +344,20 @@ def require_json_body(headers: Any) -> None:
         require_json_body({"content-length": "2", "content-type": "application/json"})  # ok
         require_json_body({"content-length": "2", "content-type": "text/plain"})  # 415
     """
-    length = _header(headers, "content-length")
-    if (length is None or length.strip() in ("", "0")) and _header(headers, "transfer-encoding") is None:
+    require_json_content(
+        _header(headers, "content-length"),
+        _header(headers, "transfer-encoding") is not None,
+        _header(headers, "content-type"),
+    )
+
+
+def require_json_content(length: str | None, chunked: bool, declared: str | None) -> None:
+    """:func:`require_json_body` on the header values themselves: ``Content-Length``,
+    whether ``Transfer-Encoding`` is present, and ``Content-Type``."""
+    if (length is None or length.strip() in ("", "0")) and not chunked:
         return
-    declared = _header(headers, "content-type")
+    if declared == JSON_TYPE:  # the usual request
+        return
     media, _, params = (declared or "").partition(";")
     media = media.strip().lower()
     if media != JSON_TYPE and not (media.startswith("application/") and media.endswith("+json")):
@@ -530,6 +545,9 @@ class GuardMiddleware:
         self.exempt = frozenset(exempt_paths)
         self.jsonrpc_errors = jsonrpc_errors
         self.policy = HTTPPolicy.of(nexus)
+        # an app that appends the guard's response headers itself (from
+        # scope[RESPONSE_HEADERS_SCOPE_KEY]) saves a send wrapper per request
+        self.inner_adds_headers = bool(getattr(app, "adds_guard_headers", False))
         # Host values already found allowed (most requests repeat one); bounded, since a
         # client chooses what it sends
         self._hosts_ok: set[bytes] = set()
@@ -543,7 +561,25 @@ class GuardMiddleware:
         # code that has no scope at hand (the MCP tool handler, inside the SDK).
         started = time.perf_counter()
         scope[STARTED_SCOPE_KEY] = started
-        refusal = self._front_door(scope)
+        # one pass over the headers for everything the guard reads (names arrive lowercased)
+        host = origin = authorization = api_key = None
+        hosts = 0
+        for key, value in scope["headers"]:
+            if key == b"host":
+                host = value
+                hosts += 1
+            elif key == b"authorization":
+                authorization = value
+            elif key == b"x-api-key":
+                api_key = value
+            elif key == b"origin":
+                origin = value
+        if hosts > 1:  # which one would a proxy have routed by? refuse to guess
+            refusal: NexusError | None = BadRequest("a request must carry exactly one Host header")
+        elif origin is None and (host in self._hosts_ok or self.policy.hosts is None):
+            refusal = None  # the usual request: an allowed Host seen before, no Origin
+        else:
+            refusal = self._front_door(host, origin)
         if refusal is not None:
             await error_response(refusal, jsonrpc=self.jsonrpc_errors)(scope, receive, send)
             return
@@ -553,56 +589,74 @@ class GuardMiddleware:
             if (nexus.auth is None and nexus.rate_limiter is None) or scope["path"] in self.exempt:
                 await self.app(scope, receive, send)
                 return
-            await self._guarded(nexus, scope, receive, send)
+            try:
+                principal, extra = await self._admit(nexus, authorization, api_key, scope.get("client"))
+            except NexusError as exc:
+                await error_response(exc, jsonrpc=self.jsonrpc_errors)(scope, receive, send)
+                return
+            scope[PRINCIPAL_SCOPE_KEY] = principal
+            principal_token = current_principal.set(principal)
+            try:
+                if self.inner_adds_headers:  # the app appends them itself (no wrapper per request)
+                    scope[RESPONSE_HEADERS_SCOPE_KEY] = extra
+                    await self.app(scope, receive, send)
+                else:
+                    await self.app(scope, receive, _adding_headers(send, extra))
+            finally:
+                current_principal.reset(principal_token)
         finally:
             request_started.reset(started_token)
 
-    def _front_door(self, scope: Scope) -> NexusError | None:
-        """The refusal of a request's ``Host`` / ``Origin`` (:func:`check_host_origin`), or None.
-
-        The usual request - an allowed ``Host`` seen before, no ``Origin`` - costs one
-        pass over the headers and a set lookup.
-        """
-        host = origin = None
-        hosts = 0
-        for key, value in scope["headers"]:
-            if key == b"host":
-                host = value
-                hosts += 1
-            elif key == b"origin":
-                origin = value
-        if hosts > 1:  # which one would a proxy have routed by? refuse to guess
-            return BadRequest("a request must carry exactly one Host header")
-        if origin is None and (host in self._hosts_ok or self.policy.hosts is None):
-            return None
+    def _front_door(self, host: bytes | None, origin: bytes | None) -> NexusError | None:
+        """The refusal of a request's ``Host`` / ``Origin`` (:func:`check_host_origin`), or None."""
         text = None if host is None else host.decode("latin-1")
         try:
             check_host_origin(self.policy, text, None if origin is None else origin.decode("latin-1"))
         except NexusError as exc:
             return exc
-        if host is not None and len(self._hosts_ok) < 256:
-            self._hosts_ok.add(host)
+        if host is not None and origin is None and len(self._hosts_ok) < 256:
+            self._hosts_ok.add(host)  # bounded: a client chooses what it sends
         return None
 
-    async def _guarded(self, nexus: Nexus, scope: Scope, receive: Receive, send: Send) -> None:
-        try:
-            result = await aguard_request(nexus, scope["headers"], scope.get("client"))
-        except NexusError as exc:
-            await error_response(exc, jsonrpc=self.jsonrpc_errors)(scope, receive, send)
-            return
-        scope[PRINCIPAL_SCOPE_KEY] = result.principal
-        principal_token = current_principal.set(result.principal)
-        try:
-            await self.app(scope, receive, _adding_headers(send, result.headers))
-        finally:
-            current_principal.reset(principal_token)
+    @staticmethod
+    async def _admit(
+        nexus: Nexus, authorization: bytes | None, api_key: bytes | None, client: Any
+    ) -> tuple[str | None, list[tuple[bytes, bytes]]]:
+        """:func:`aguard_request` on the raw header values: ``(principal, rate-limit headers)``.
+
+        Raises :class:`AuthenticationError` (401, after a token of the client
+        address is taken) or :class:`RateLimitExceeded` (429).
+        """
+        auth = nexus.auth
+        principal = None
+        if auth is not None:
+            try:
+                principal = auth.authenticate(
+                    None if authorization is None else authorization.decode("latin-1"),
+                    None if api_key is None else api_key.decode("latin-1"),
+                )
+            except AuthenticationError as exc:
+                # a failed attempt costs a token of the client address: may raise 429 instead
+                headers = await acheck_rate(nexus, rate_key(None, client))
+                if not headers:
+                    raise
+                raise AuthenticationError(exc.message, rate_limit_headers=headers) from None
+        limiter = nexus.rate_limiter
+        if limiter is None:
+            return principal, []
+        key = principal if principal is not None else _client_host(client)
+        acheck = getattr(limiter, "acheck", None)
+        decision = await acheck(key) if acheck is not None else limiter.check(key)
+        if not decision.allowed:
+            _rate_headers(decision)  # raises RateLimitExceeded with its headers
+        return principal, decision.raw_headers()
 
 
-def _adding_headers(send: Send, headers: Mapping[str, str]) -> Send:
-    """``send`` that appends ``headers`` to the response start (``send`` itself when none)."""
-    if not headers:
+def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    """``send`` that appends the ASGI header pairs ``extra`` to the response start
+    (``send`` itself when there are none)."""
+    if not extra:
         return send
-    extra = [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in headers.items()]
 
     async def send_with_headers(message: Message) -> None:
         if message["type"] == "http.response.start":

@@ -81,6 +81,7 @@ from starlette.middleware import Middleware
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from ..errors import (
     BadRequest,
@@ -96,11 +97,13 @@ from ..errors import (
 )
 from .guard import (
     PRINCIPAL_SCOPE_KEY,
+    RESPONSE_HEADERS_SCOPE_KEY,
     STARTED_SCOPE_KEY,
     GuardMiddleware,
     error_response,
     parse_json,
     require_json_body,
+    require_json_content,
 )
 from .openapi import OpenAPICache, check_input_types
 from .security import HTTPPolicy
@@ -109,7 +112,7 @@ if TYPE_CHECKING:
     from ..sessions import Session
     from .app import Nexus
 
-__all__ = ["build_api_app", "read_body"]
+__all__ = ["build_api_app", "read_body", "receive_body", "ExecuteEndpoint"]
 
 logger = logging.getLogger("nexus_lab.http")
 
@@ -146,7 +149,13 @@ async def read_body(request: Request, limit: int) -> bytes:
     ``body_timeout`` (408), below this function.
     """
     require_json_body(request.headers)
-    declared = request.headers.get("content-length")
+    return await receive_body(request.receive, request.headers.get("content-length"), limit)
+
+
+async def receive_body(receive: Receive, declared: str | None, limit: int) -> bytes:
+    """The body from the ASGI ``receive``, refusing (413) anything over ``limit`` bytes:
+    from ``Content-Length`` (``declared``) before reading, and again while streaming, so
+    a chunked body cannot buffer past it."""
     if declared is not None:
         try:
             size = int(declared)
@@ -157,7 +166,6 @@ async def read_body(request: Request, limit: int) -> bytes:
                 f"request body of {size} bytes is over the limit of {limit} bytes"
             )
     # the ASGI messages read directly (request.stream() is an async generator per request)
-    receive = request.receive
     chunks: list[bytes] = []
     total = 0
     while True:
@@ -168,10 +176,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         total += len(chunk)
         if total > limit:
             raise PayloadTooLarge(f"request body is over the limit of {limit} bytes")
-        chunks.append(chunk)
         if not message.get("more_body", False):
-            break
-    return chunks[0] if len(chunks) == 1 else b"".join(chunks)
+            if not chunks:
+                return chunk
+            chunks.append(chunk)
+            return b"".join(chunks)
+        chunks.append(chunk)
 
 
 def _policy(request: Request) -> HTTPPolicy:
@@ -186,7 +196,11 @@ def _parse_json(request: Request, body: bytes) -> Any:
 
 def _channel(request: Request) -> tuple[str, bool]:
     """``(channel, coerce_strings)`` from ``X-Nexus-Channel`` (absent: the API channel)."""
-    header = request.headers.get("x-nexus-channel")
+    return _channel_of(request.headers.get("x-nexus-channel"))
+
+
+def _channel_of(header: str | None) -> tuple[str, bool]:
+    """``(channel, coerce_strings)`` for an ``X-Nexus-Channel`` value (None: the API channel)."""
     if header is None:
         return "api", False
     value = header.strip().lower()
@@ -197,11 +211,11 @@ def _channel(request: Request) -> tuple[str, bool]:
     raise BadRequest(f"X-Nexus-Channel must be 'api' or 'cli', got {header!r}")
 
 
-def _execute_body(request: Request, body: bytes) -> tuple[dict[str, Any], str | None]:
+def _execute_body(body: bytes, max_depth: int) -> tuple[dict[str, Any], str | None]:
     """``(inputs, session_id)`` of an execute request body, or a 422 that says what is wrong."""
     if not body.strip():
         raise InputValidationError(f"empty request body; {_EXPECTED}", field="inputs")
-    data = _parse_json(request, body)
+    data = parse_json(body, max_depth)
     if not isinstance(data, dict):
         raise InputValidationError(
             f"request body must be a JSON object, got {type(data).__name__}; {_EXPECTED}",
@@ -290,26 +304,84 @@ def _internal_error(exc: BaseException, where: str) -> InternalError:
 
 
 # ----------------------------------------------------------------------------- workflows
-async def execute(request: Request) -> Response:
-    """``POST /api/workflows/{name}/execute``: run a deployment, answer its outputs."""
-    nexus = _nexus(request)
-    name = request.path_params["name"]
-    channel, coerce = _channel(request)
-    deployment = nexus.get_deployment(name, channel)  # 404 before reading the body
-    inputs, session_id = _execute_body(request, await read_body(request, nexus.max_body_bytes))
-    if not coerce:  # JSON types as published (the CLI's key=value strings are coerced instead)
-        check_input_types(deployment, inputs)
-    execution = await nexus.aexecute(
-        deployment,  # looked up once per call
-        inputs,
-        channel=channel,
-        session_id=session_id,
-        principal=_principal(request),
-        coerce_strings=coerce,
-        started=request.scope.get(STARTED_SCOPE_KEY),
-    )
-    # encoded once by the execution path (RFC 8259 JSON); sent as is
-    return Response(execution.json_body, media_type=JSON_TYPE)
+class ExecuteEndpoint:
+    """``POST /api/workflows/{name}/execute``: run a deployment, answer its outputs.
+
+    The hottest endpoint, so it is a plain ASGI app rather than a
+    ``Request -> Response`` function: one pass over the headers, the body from
+    ``receive``, :meth:`Nexus.aexecute`, two ``send`` calls. The router serves
+    it as any route (it is the ``execute`` route's endpoint), and
+    :class:`_APIApp` also calls it directly behind the guard, skipping
+    Starlette's middleware stack and route matching for this one path.
+    The guard's rate-limit headers are appended here (``adds_guard_headers``).
+    """
+
+    adds_guard_headers = True
+    __name__ = "execute"
+
+    def __init__(self, nexus: Nexus, policy: HTTPPolicy) -> None:
+        self.nexus = nexus
+        self.max_depth = policy.max_json_depth
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        extra = scope.get(RESPONSE_HEADERS_SCOPE_KEY) or ()
+        try:
+            body = await self._execute(scope, receive)
+        except NexusError as exc:
+            await self._send_error(exc, extra, scope, receive, send)
+            return
+        except ClientDisconnect:
+            return  # nobody is listening any more
+        except Exception as exc:
+            error = _internal_error(exc, f"POST {scope.get('path')}")
+            await self._send_error(error, extra, scope, receive, send)
+            return
+        headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
+        if extra:
+            headers.extend(extra)
+        await send({"type": "http.response.start", "status": 200, "headers": headers})
+        await send({"type": "http.response.body", "body": body})
+
+    async def _execute(self, scope: Scope, receive: Receive) -> bytes:
+        nexus = self.nexus
+        length = content_type = channel_header = None
+        chunked = False
+        for key, value in scope["headers"]:  # one pass (names arrive lowercased)
+            if key == b"content-length":
+                length = value.decode("latin-1")
+            elif key == b"content-type":
+                content_type = value.decode("latin-1")
+            elif key == b"x-nexus-channel":
+                channel_header = value.decode("latin-1")
+            elif key == b"transfer-encoding":
+                chunked = True
+        channel, coerce = _channel_of(channel_header)
+        deployment = nexus.get_deployment(scope["path_params"]["name"], channel)  # 404 before the body
+        require_json_content(length, chunked, content_type)
+        body = await receive_body(receive, length, nexus.max_body_bytes)
+        inputs, session_id = _execute_body(body, self.max_depth)
+        if not coerce:  # JSON types as published (the CLI's key=value strings are coerced instead)
+            check_input_types(deployment, inputs)
+        execution = await nexus.aexecute(
+            deployment,  # looked up once per call
+            inputs,
+            channel=channel,
+            session_id=session_id,
+            principal=scope.get(PRINCIPAL_SCOPE_KEY),
+            coerce_strings=coerce,
+            started=scope.get(STARTED_SCOPE_KEY),
+        )
+        # encoded once by the execution path (RFC 8259 JSON); sent as is
+        return execution.json_body
+
+    @staticmethod
+    async def _send_error(
+        exc: NexusError, extra: Any, scope: Scope, receive: Receive, send: Send
+    ) -> None:
+        response = error_response(exc)
+        if extra:
+            response.raw_headers.extend(extra)
+        await response(scope, receive, send)
 
 
 async def list_workflows(request: Request) -> Response:
@@ -510,6 +582,33 @@ def _route(path: str, **endpoints: Endpoint) -> Route:
     return Route(path, dispatch, methods=list(handlers), name=name)
 
 
+class _APIApp(Starlette):
+    """The API's Starlette app, with ``POST /api/workflows/{name}/execute`` taken
+    straight to its endpoint behind its own guard (and CORS, when on).
+
+    The same endpoint object is also the router's ``execute`` route, which then
+    only answers what the shortcut leaves to it (a wrong method's 405, an app
+    mounted under a ``root_path``). Matching is Starlette's for ``{name}``: one
+    non-empty path segment.
+    """
+
+    def __init__(self, *, execute: ASGIApp, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._execute = execute
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST" and not scope.get("root_path"):
+            path = scope["path"]
+            if path.startswith("/api/workflows/") and path.endswith("/execute"):
+                name = path[15:-8]
+                if name and "/" not in name:
+                    scope["app"] = self
+                    scope["path_params"] = {"name": name}
+                    await self._execute(scope, receive, send)
+                    return
+        await super().__call__(scope, receive, send)
+
+
 def build_api_app(nexus: Nexus) -> Starlette:
     """The ASGI app serving ``nexus``'s HTTP API (see the module docstring).
 
@@ -524,8 +623,9 @@ def build_api_app(nexus: Nexus) -> Starlette:
             "(nexus serve --allowed-hosts) with the names clients use",
             nexus.host,
         )
+    execute = ExecuteEndpoint(nexus, policy)
     routes = [
-        _route("/api/workflows/{name}/execute", post=execute),
+        Route("/api/workflows/{name}/execute", execute, methods=["POST"], name="execute"),
         _route("/api/workflows", get=list_workflows),
         _route("/api/workflows/{name}", get=get_workflow),
         _route("/api/sessions", get=list_sessions, post=create_session),
@@ -534,21 +634,25 @@ def build_api_app(nexus: Nexus) -> Starlette:
         _route("/openapi.json", get=openapi),
         _route("/metrics", get=metrics),
     ]
-    middleware = [Middleware(GuardMiddleware, nexus=nexus, exempt_paths=("/health",))]
+    guard = {"nexus": nexus, "exempt_paths": ("/health",)}
+    middleware = [Middleware(GuardMiddleware, **guard)]
+    shortcut: ASGIApp = GuardMiddleware(execute, **guard)
     if policy.cors_origins:
         # outside the guard: a browser's preflight carries no API key, and the guard's
         # refusals (401, 429) need the CORS headers for the page to read them
         from starlette.middleware.cors import CORSMiddleware
 
-        middleware.insert(0, Middleware(
-            CORSMiddleware,
-            allow_origins=list(policy.cors_origins),
-            allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type", "X-Nexus-Channel"],
-            expose_headers=["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
-            max_age=600,
-        ))
-    api = Starlette(
+        cors = {
+            "allow_origins": list(policy.cors_origins),
+            "allow_methods": ["GET", "POST", "DELETE"],
+            "allow_headers": ["Authorization", "X-API-Key", "Content-Type", "X-Nexus-Channel"],
+            "expose_headers": ["Retry-After", "X-RateLimit-Limit", "X-RateLimit-Remaining"],
+            "max_age": 600,
+        }
+        middleware.insert(0, Middleware(CORSMiddleware, **cors))
+        shortcut = CORSMiddleware(shortcut, **cors)
+    api = _APIApp(
+        execute=shortcut,
         routes=routes,
         middleware=middleware,
         # HTTPException: the router's 404/405, handled inside the guard (rate-limit headers

@@ -165,6 +165,14 @@ class RateDecision:
             h["Retry-After"] = str(max(1, int(self.retry_after + 0.999)))
         return h
 
+    def raw_headers(self) -> list[tuple[bytes, bytes]]:
+        """The ``X-RateLimit-*`` headers of an allowed request as ASGI header pairs
+        (the servers' hot path; :meth:`headers` is the readable form)."""
+        return [
+            (b"x-ratelimit-limit", b"%d" % self.limit),
+            (b"x-ratelimit-remaining", b"%d" % self.remaining),
+        ]
+
 
 class RateLimiter:
     """Interface: ``check(principal) -> RateDecision`` consumes one token if allowed.
