@@ -66,6 +66,15 @@ class InputSchema:
         self._model = create_model(_model_name(title), __config__=config, **definitions)
         self._json_schema: dict | None = None
         self._structured = {f.name for f in fields if _wants_json(f.annotation)}
+        # When every input is a plain str/int/float/bool with an immutable default, a call
+        # whose values already have exactly those types needs no conversion: see plain_values
+        self._plain: dict[str, tuple[type, bool, Any]] | None = None
+        if not allow_extra and all(
+            any(f.annotation is t for t in _PLAIN_TYPES)
+            and (f.required or any(f.default.__class__ is t for t in _IMMUTABLE))
+            for f in fields
+        ):
+            self._plain = {f.name: (f.annotation, f.required, f.default) for f in fields}
 
     # -- construction -------------------------------------------------
     @classmethod
@@ -111,6 +120,38 @@ class InputSchema:
     def required(self) -> list[str]:
         return [f.name for f in self.fields if f.required]
 
+    def plain_values(self, inputs: dict[str, Any]) -> dict[str, Any] | None:
+        """The validated values, when the schema has only ``str``/``int``/``float``/``bool``
+        inputs and each value given has exactly its field's type (valid Unicode text), no
+        input is missing and none is unknown; else ``None``, and :meth:`validate` decides.
+
+        The usual call from JSON (``{"query": "hi"}`` for ``query: str``) needs no
+        conversion, and pydantic would return the same values; this check costs
+        ~1 us where pydantic's costs several. Defaults fill what is not given.
+
+        >>> InputSchema([InputField("query", str, True)]).plain_values({"query": "hi"})
+        {'query': 'hi'}
+        """
+        plain = self._plain
+        if plain is None:
+            return None
+        out: dict[str, Any] = {}
+        found = 0
+        for name, (kind, required, default) in plain.items():  # in field order, as pydantic
+            if name in inputs:
+                value = inputs[name]
+                if value.__class__ is not kind or (
+                    kind is str and not value.isascii() and _bad_text(value)
+                ):
+                    return None
+                out[name] = value
+                found += 1
+            elif required:
+                return None
+            else:
+                out[name] = default
+        return out if found == len(inputs) else None
+
     def validate(self, inputs: Any, *, coerce_strings: bool = False) -> dict[str, Any]:
         """Validate ``inputs`` and return the converted values.
 
@@ -127,6 +168,10 @@ class InputSchema:
                 f"inputs must be a JSON object mapping input names to values, got {type(inputs).__name__}",
                 field="inputs",
             )
+        if self._plain is not None:
+            values = self.plain_values(inputs)
+            if values is not None:
+                return values
         bad = unencodable_path(inputs)
         if bad is not None:
             raise InputValidationError(
@@ -189,6 +234,11 @@ class InputSchema:
     def __repr__(self) -> str:
         parts = [f"{f.name}: {f.type_name}{'' if f.required else ' = …'}" for f in self.fields]
         return f"InputSchema({', '.join(parts)})"
+
+
+#: Annotations :meth:`InputSchema.plain_values` checks itself, and the defaults it may share.
+_PLAIN_TYPES = (str, int, float, bool)
+_IMMUTABLE = (str, int, float, bool, type(None))
 
 
 def _bad_text(text: str) -> bool:

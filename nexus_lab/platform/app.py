@@ -933,10 +933,13 @@ def _check_room(manager: Any, session: Any, values: dict[str, Any], channel: str
     # Cheap bound first: the call adds the query at most twice (last_query, history) plus
     # a few small keys to what is stored; only near the limit is the exact size computed.
     query = values["query"] if "query" in values else values
-    try:
-        added = 2 * len(encode_json(query)) + 256
-    except (TypeError, ValueError):
-        return
+    if query.__class__ is str:  # a character is at most 6 bytes of JSON ("\u001f"), quotes 2
+        added = 2 * (6 * len(query) + 2) + 256
+    else:
+        try:
+            added = 2 * len(encode_json(query)) + 256
+        except (TypeError, ValueError):
+            return
     if session.state_bytes + added <= limit:
         return
     state = session.state

@@ -302,8 +302,8 @@ class Execution:
             sid = b'"' + sid.encode() + b'"' if _PLAIN_ID(sid) else _encode(sid).encode()
         return b"".join((
             b'{"outputs":', outputs, b',"session_id":', sid,
-            b',"execution_time_ms":', repr(round(self.execution_time_ms, 3)).encode(),
-            b',"agent_time_ms":', repr(round(self.agent_time_ms, 3)).encode(), b"}",
+            b',"execution_time_ms":', b"%.3f" % self.execution_time_ms,
+            b',"agent_time_ms":', b"%.3f" % self.agent_time_ms, b"}",
         ))
 
     def __repr__(self) -> str:  # stable: no timings or ids
@@ -323,6 +323,19 @@ _encode = json.JSONEncoder(
 _PLAIN_ID = re.compile(r"[A-Za-z0-9_.\-]{1,256}").fullmatch
 
 
+try:
+    import orjson as _orjson
+except ImportError:  # pragma: no cover - orjson is a dependency; the stdlib path stays correct
+    _fast_dumps = None
+else:
+    _fast_dumps = _orjson.dumps
+    _FAST_OPTIONS = (
+        _orjson.OPT_PASSTHROUGH_DATETIME
+        | _orjson.OPT_PASSTHROUGH_DATACLASS
+        | _orjson.OPT_PASSTHROUGH_SUBCLASS
+    )
+
+
 def encode_outputs(name: str, outputs: dict[str, Any]) -> bytes:
     """The outputs as RFC 8259 JSON bytes; a value JSON cannot hold is the agent's error.
 
@@ -330,6 +343,18 @@ def encode_outputs(name: str, outputs: dict[str, Any]) -> bytes:
     raise :class:`~nexus_lab.errors.AgentExecutionError` naming the output field.
     Other non-JSON values (dates, decimals, ...) become their ``str()``.
     """
+    if _fast_dumps is not None:
+        # orjson for the usual outputs; anything it would write differently from the
+        # standard library goes the standard way below: types it does not know or takes
+        # as subclasses (str() them), ints beyond 64 bits, lone surrogates, non-str keys,
+        # and NaN/Infinity (orjson writes null: so a null sends the outputs there too)
+        try:
+            out = _fast_dumps(outputs, option=_FAST_OPTIONS)
+        except (TypeError, ValueError):
+            pass
+        else:
+            if out.find(b"null") < 0:
+                return out
     try:
         return _encode(outputs).encode()
     except (ValueError, UnicodeEncodeError, RecursionError, TypeError):

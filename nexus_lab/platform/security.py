@@ -21,7 +21,7 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from ..errors import AuthenticationError, ConfigError
 
@@ -150,9 +150,12 @@ def validate_rate_limit(value: Any) -> int | None:
     return value
 
 
-@dataclass(frozen=True)
-class RateDecision:
-    """The outcome of one rate-limit check, with what the headers need."""
+class RateDecision(NamedTuple):
+    """The outcome of one rate-limit check, with what the headers need.
+
+    Immutable; a named tuple rather than a frozen dataclass because one is made
+    per request (a third of the cost to build).
+    """
 
     allowed: bool
     limit: int
