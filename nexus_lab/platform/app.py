@@ -643,7 +643,7 @@ class Nexus:
                         manager.apply_session_update,
                         manager.aapply_session_update,
                         (session_id, functools.partial(session_update, values, outputs, channel=channel)),
-                        {"channel": channel},
+                        {"channel": channel, "pure": True},  # session_update builds new values
                         None,
                     )
                 except Exception:

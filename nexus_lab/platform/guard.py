@@ -298,6 +298,19 @@ def parse_json(body: bytes, max_depth: int, *, envelope: int = 1) -> Any:
     >>> parse_json(b'{"inputs": {"a": 1}}', 64)
     {'inputs': {'a': 1}}
     """
+    if _fast_loads is not None and _LONG_NUMBER.search(body) is None:
+        # orjson takes what RFC 8259 allows and refuses the rest (bad UTF-8, a BOM, NaN,
+        # lone surrogates, numbers beyond a double); a refusal goes the standard way below,
+        # which names the problem. Integers of 19+ digits go that way too: orjson would
+        # make floats of those beyond 64 bits.
+        try:
+            value = _fast_loads(body)
+        except ValueError:
+            pass
+        else:
+            if json_nesting_exceeds(body, max_depth + envelope):
+                raise too_deep(max_depth)
+            return value
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -326,6 +339,12 @@ def _finite(text: str) -> float:
         raise ValueError(f"number {text[:40]} is too large")
     return value
 
+
+try:
+    from orjson import loads as _fast_loads
+except ImportError:  # pragma: no cover - orjson is a dependency; the standard path is complete
+    _fast_loads = None
+_LONG_NUMBER = re.compile(rb"[0-9]{19}")
 
 #: One decoder for every body (``json.loads`` with hooks builds a new one per call).
 _DECODER = json.JSONDecoder(parse_constant=_not_json, parse_float=_finite)

@@ -475,6 +475,8 @@ class NexusSessionManager:
         session_id: str,
         compute: Callable[[dict[str, Any]], Mapping[str, Any]],
         channel: str = "api",
+        *,
+        pure: bool = False,
     ) -> dict[str, Any]:
         """Like :meth:`update_session_state`, with the updates computed from the
         current state inside the same atomic read-modify-write.
@@ -486,17 +488,24 @@ class NexusSessionManager:
         It also slides the session's expiry and records ``channel``, so a read
         with ``get_session(..., touch=False)`` before it is all a call needs.
 
+        ``pure=True`` promises that ``compute`` does not change the state it is
+        given (it builds new values instead), so the state it read is merged
+        and stored without decoding it a second time. By default an edit
+        ``compute`` makes in place to a key it does not return is not stored.
+
         Example::
 
             manager.apply_session_update(sid, lambda s: {"turns": s.get("turns", 0) + 1})
         """
-        return self._store_update(*self._apply_call(session_id, compute, channel))
+        return self._store_update(*self._apply_call(session_id, compute, channel, pure))
 
     async def aapply_session_update(
         self,
         session_id: str,
         compute: Callable[[dict[str, Any]], Mapping[str, Any]],
         channel: str = "api",
+        *,
+        pure: bool = False,
     ) -> dict[str, Any]:
         """:meth:`apply_session_update`, awaited on an event loop (the store's :meth:`aupdate`).
 
@@ -506,13 +515,14 @@ class NexusSessionManager:
 
             await manager.aapply_session_update(sid, lambda s: {"turns": s.get("turns", 0) + 1})
         """
-        return await self._store.aupdate(*self._apply_call(session_id, compute, channel))
+        return await self._store.aupdate(*self._apply_call(session_id, compute, channel, pure))
 
     def _apply_call(
         self,
         session_id: str,
         compute: Callable[[dict[str, Any]], Mapping[str, Any]],
         channel: str,
+        pure: bool = False,
     ) -> tuple[str, Callable[[SessionRecord], dict[str, Any]], float, SessionEvent, dict[str, int]]:
         """The ``store.update`` arguments of :meth:`apply_session_update`."""
         if not callable(compute):
@@ -528,15 +538,16 @@ class NexusSessionManager:
 
         def mutate(rec: SessionRecord) -> dict[str, Any]:
             text = rec.state_json
-            upd = compute(decode_json(text))
+            state = decode_json(text)
+            upd = compute(state)
             if upd.__class__ is not dict:
                 if not isinstance(upd, Mapping):
                     raise TypeError(f"compute must return a dict, not {type(upd).__name__}")
                 upd = dict(upd)
-            # A second decode (in merge_json), not compute's copy: edits compute made in place
-            # to keys it did not return must not be stored.
+            # Unless compute is pure, a second decode (in merge_json), not compute's copy:
+            # edits compute made in place to keys it did not return must not be stored.
             try:
-                merged, rec.state_json = merge_json(text, upd, limit)
+                merged, rec.state_json = merge_json(text, upd, limit, state if pure else None)
             except _ENCODE_ERRORS as exc:
                 raise _state_error(exc) from None
             rec.last_accessed = now

@@ -194,8 +194,12 @@ if _orjson is not None:
                 pass
         return _std_decode(text)
 
-    def merge_json(text: str, updates: Mapping[str, Any], limit: int) -> tuple[dict[str, Any], str]:
-        if text[:1] != _EXACT:
+    def merge_json(
+        text: str, updates: Mapping[str, Any], limit: int, base: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], str]:
+        if base is not None:
+            merged = base
+        elif text[:1] != _EXACT:
             try:
                 merged = _loads(text)
             except _DecodeError:
@@ -224,8 +228,10 @@ else:  # pragma: no cover - without orjson (tested in a subprocess)
     def decode_json(text: str) -> Any:
         return _std_decode(text)
 
-    def merge_json(text: str, updates: Mapping[str, Any], limit: int) -> tuple[dict[str, Any], str]:
-        merged = _std_decode(text)
+    def merge_json(
+        text: str, updates: Mapping[str, Any], limit: int, base: dict[str, Any] | None = None
+    ) -> tuple[dict[str, Any], str]:
+        merged = _std_decode(text) if base is None else base
         merged.update(updates)
         out = _encode_std(merged)
         if len(out) > limit:
@@ -255,6 +261,8 @@ merge_json.__doc__ = """``decode_json(text)`` updated with ``updates``, and its 
 What an update does: the merged state (the caller's, sharing nothing with
 ``text``) and the text to store. Raises like :func:`encode_json`, and
 :class:`StateTooLarge` (a ``ValueError``) when the text is over ``limit`` bytes.
+``base``, when given, is ``decode_json(text)`` already made by the caller (and
+given up to it: it is updated in place), which saves the decode.
 
 Example::
 
