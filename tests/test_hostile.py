@@ -316,6 +316,33 @@ def test_a_query_that_cannot_fit_the_session_is_refused_before_the_agent_runs(ma
     manager.close()
 
 
+def test_a_query_that_would_overflow_a_nearly_full_session_is_refused_before_the_agent_runs(
+    make_app, serve
+):
+    """The room check counts what the session already holds, not only the new query."""
+    calls = []
+
+    def agent(query: str) -> dict:
+        calls.append(query)
+        return {"response": "ok"}
+
+    app = make_app()
+    manager = NexusSessionManager(cleanup_interval=300, max_state_bytes=4096)
+    deploy_with_sessions(agent, app, "small", manager)
+    client = serve(app)
+    sid = manager.create_session("anonymous").session_id
+    manager.update_session_state(sid, {"notes": "n" * 3800})
+    before = manager.get_session_state(sid)
+    # 2 x 200 bytes of query would fit an empty session; not one holding 3,800 bytes already
+    r = client.post("/api/workflows/small/execute",
+                    json={"inputs": {"query": "q" * 200}, "session_id": sid})
+    assert r.status_code == 422, r.text
+    assert r.json()["error"]["type"] == "session_state_error"
+    assert calls == []  # the agent never ran
+    assert manager.get_session_state(sid) == before  # nothing stored
+    manager.close()
+
+
 # --------------------------------------------------------------------------- 1: lone surrogates
 @pytest.fixture
 def recorded(make_app, serve):

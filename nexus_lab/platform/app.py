@@ -928,20 +928,22 @@ def _check_room(manager: Any, session: Any, values: dict[str, Any], channel: str
     limit = getattr(manager, "max_state_bytes", None)
     if limit is None:
         return
-    from ..sessions.models import encode_json
-
     # Cheap bound first: the call adds the query at most twice (last_query, history) plus
     # a few small keys to what is stored; only near the limit is the exact size computed.
     query = values["query"] if "query" in values else values
     if query.__class__ is str:  # a character is at most 6 bytes of JSON ("\u001f"), quotes 2
         added = 2 * (6 * len(query) + 2) + 256
     else:
+        from ..sessions.models import encode_json
+
         try:
             added = 2 * len(encode_json(query)) + 256
         except (TypeError, ValueError):
             return
     if session.state_bytes + added <= limit:
         return
+    from ..sessions.models import encode_json
+
     state = session.state
     merged = dict(state)
     merged.update(session_update(values, {}, state, channel))

@@ -228,7 +228,7 @@ def _execute_body(body: bytes, max_depth: int) -> tuple[dict[str, Any], str | No
             f"(top-level keys: {got}); {_EXPECTED}",
             field="inputs",
         )
-    if len(data) > 1:
+    if len(data) > 1 and not _EXEC_KEYS.issuperset(data):
         extra = sorted(k for k in data if k not in _EXEC_KEYS)
         if extra:
             raise InputValidationError(
