@@ -128,7 +128,7 @@ def build_asgi(guard: bool):
 class Server:
     """uvicorn on a background loop thread, set up like nexus_lab's ServerGroup."""
 
-    def __init__(self, asgi, loop_kind: str) -> None:
+    def __init__(self, asgi, loop_kind: str, options: dict | None = None) -> None:
         import uvicorn
 
         from nexus_lab.platform.server import bind_socket
@@ -142,6 +142,7 @@ class Server:
             access_log=False,
             timeout_graceful_shutdown=10,
             server_header=False,
+            **(options or {}),
         )
         self.server = uvicorn.Server(config)
         self.server.install_signal_handlers = lambda: None

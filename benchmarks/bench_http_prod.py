@@ -2,8 +2,10 @@
 
 What is measured: requests per second that ``wrk`` (``--connections``
 connections, a distinct body per request) gets from one in-process uvicorn
-(uvloop, the platform's settings, as ``ServerGroup`` runs it) serving, behind
-one path dispatcher that costs the same for all:
+(uvloop, and the uvicorn options ``ServerGroup`` gives the API server:
+``guard.uvicorn_options``, i.e. the guarded HTTP protocol, the connection
+cap, no proxy headers) serving, behind one path dispatcher that costs the
+same for all:
 
 * ``/bare`` - a bare Starlette endpoint: ``await request.json()``, answer a
   ``JSONResponse`` of the execute response's shape;
@@ -197,7 +199,11 @@ def main(argv: list[str] | None = None) -> int:
               f"agent: {'AIAssistant (mock provider)' if args.agent == 'assistant' else 'async echo'}")
         results: dict[str, list[float]] = {k: [] for k in scripts}
         ratios: dict[str, list[float]] = {"memory": [], "sqlite": []}
-        with Server(asgi, "uvloop") as srv:
+        from nexus_lab.platform.guard import uvicorn_options
+
+        # the server as nexus serves the API: its protocol class with the connection guard,
+        # its limits, no proxy headers (bare is served by the same server)
+        with Server(asgi, "uvloop", uvicorn_options(closers[0][0])) as srv:
             for kind in scripts:  # warm-up
                 wrk(binary, srv.url + paths[kind], scripts[kind], 1, args.connections)
             for r in range(args.rounds):

@@ -42,6 +42,7 @@ Example::
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import html
 import json
@@ -447,7 +448,7 @@ class Session:
         meta = rec.metadata_json
         ttl = rec.ttl
         text = rec.state_json
-        return cls(
+        session = _StoredSession(
             rec.session_id,
             rec.user_id,
             rec.created_at,
@@ -456,10 +457,12 @@ class Session:
             default_ttl if ttl is None else ttl,
             rec.channels,
             {} if meta == "{}" else decode_json(meta),
-            decode_json(text),
+            _UNDECODED,
             rec.writers,
             _utf8_size(text),
         )
+        session._text = text
+        return session
 
     @classmethod
     def from_record(cls, record: SessionRecord, default_ttl: float) -> Session:
@@ -477,3 +480,44 @@ class Session:
             writers={k: (v[0], v[1]) for k, v in record.writers.items()},
             state_bytes=_utf8_size(record.state_json),
         )
+
+
+#: The slot that holds a :class:`Session`'s decoded state.
+_STATE_SLOT = Session.__dict__["state"]
+#: Passed for ``state`` to build a :class:`_StoredSession` whose state is not decoded yet.
+_UNDECODED = object()
+
+
+class _StoredSession(Session):
+    """A :class:`Session` read from a store, whose ``state`` is decoded on first use.
+
+    A call through the platform reads its session to check ownership and room,
+    and most agents never look at the state; decoding it only when asked saves
+    a JSON decode per call. It behaves as a ``Session`` in every other way,
+    equality with one included.
+    """
+
+    __slots__ = ("_text",)
+
+    @property  # type: ignore[override]
+    def state(self) -> dict[str, Any]:
+        try:
+            return _STATE_SLOT.__get__(self, Session)
+        except AttributeError:
+            value = decode_json(self._text)
+            _STATE_SLOT.__set__(self, value)
+            return value
+
+    @state.setter
+    def state(self, value: dict[str, Any]) -> None:
+        if value is not _UNDECODED:
+            _STATE_SLOT.__set__(self, value)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Session):
+            return NotImplemented
+        return all(
+            getattr(self, f.name) == getattr(other, f.name) for f in dataclasses.fields(Session)
+        )
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, like Session
