@@ -610,7 +610,9 @@ class Nexus:
                 )
                 if session is None:
                     raise SessionNotFound(session_id)
-                state = session.state
+                # decoded only for an agent that takes it (a stored snapshot decodes on use)
+                if dep.compiled.accepts_state:
+                    state = session.state
                 _check_room(manager, session, values, channel)
             elif dep.session_manager is not None:
                 # a new session is created with the call's first write, after the agent: a call
