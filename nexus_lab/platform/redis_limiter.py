@@ -10,9 +10,12 @@ in all, then 429 with ``Retry-After``.
   take a token, write it back, set its expiry. Redis runs a script atomically,
   so two hosts can never both take the last token; the time is the Redis
   server's (``TIME``), so hosts with skewed clocks agree.
-* The servers call :meth:`RedisTokenBucketLimiter.acheck` on their event loop
-  (``redis.asyncio``): no blocking call on the loop. :meth:`check` is the sync
-  twin for code that has no loop.
+* The servers call :meth:`RedisTokenBucketLimiter.acheck` on their event loop: no
+  blocking call on the loop. It sends the script through the session store's
+  auto-pipelined client (one connection per loop; what every concurrent request
+  sends in one loop iteration leaves in one write, see
+  ``nexus_lab/sessions/stores/redis.py``), a few microseconds of Python per
+  check. :meth:`check` is the sync twin for code that has no loop.
 * Redis unreachable: the check raises
   :class:`~nexus_lab.errors.ServiceUnavailable` (HTTP 503) naming the server
   (never its password). The limit fails closed: an outage must not turn into
@@ -27,7 +30,7 @@ Example::
 
 from __future__ import annotations
 
-import asyncio
+import hashlib
 import threading
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -66,6 +69,9 @@ redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
 redis.call('PEXPIRE', KEYS[1], math.ceil((cap / rate) * 1000) + 1000)
 return {allowed, tostring(tokens), tostring(wait)}
 """
+
+
+_TAKE_SHA = hashlib.sha1(_TAKE.encode()).hexdigest()
 
 
 def redacted_url(url: str) -> str:
@@ -119,7 +125,8 @@ class RedisTokenBucketLimiter(RateLimiter):
         self.timeout = float(timeout)
         self._rate = self.limit / 60.0
         self._sync: Any = None
-        self._async: dict[asyncio.AbstractEventLoop, Any] = {}
+        self._loops: Any = None  # the per-loop clients of acheck, made on its first call
+        self._ascript: Any = None  # _TAKE for them (a LuaScript)
         self._lock = threading.Lock()
 
     # -- clients -------------------------------------------------------------------
@@ -141,15 +148,25 @@ class RedisTokenBucketLimiter(RateLimiter):
                     self._sync = client.register_script(_TAKE)
         return self._sync
 
-    def _ascript(self) -> Any:
-        loop = asyncio.get_running_loop()
-        script = self._async.get(loop)
-        if script is None:
-            import redis.asyncio
+    def _aclient(self) -> Any:
+        """The running loop's pipelined client (one per loop and process)."""
+        loops = self._loops
+        if loops is None:
+            loops = self._make_loops()
+        return loops.get()
 
-            client = redis.asyncio.Redis.from_url(self.url, **self._options())
-            script = self._async[loop] = client.register_script(_TAKE)
-        return script
+    def _make_loops(self) -> Any:
+        import redis
+
+        from ..sessions.stores.redis import Endpoint, LoopClients, LuaScript
+
+        with self._lock:
+            if self._loops is None:
+                self._ascript = LuaScript(_TAKE, _TAKE_SHA)
+                # the pool only reads the URL and options here; it never connects
+                pool = redis.ConnectionPool.from_url(self.url, **self._options())
+                self._loops = LoopClients(Endpoint(pool))
+        return self._loops
 
     # -- checks --------------------------------------------------------------------
     def _args(self, principal: str) -> tuple[list[str], list[Any]]:
@@ -182,7 +199,7 @@ class RedisTokenBucketLimiter(RateLimiter):
 
         keys, args = self._args(principal)
         try:
-            return self._decision(await self._ascript()(keys=keys, args=args))
+            return self._decision(await self._aclient().script(self._ascript, keys, args))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from None
 
@@ -194,11 +211,13 @@ class RedisTokenBucketLimiter(RateLimiter):
             return False
 
     def close(self) -> None:
-        """Drop the connections (the sync pool; async pools close with their loops)."""
+        """Drop the connections (the sync pool and every loop's)."""
         script, self._sync = self._sync, None
         if script is not None:
             script.registered_client.close()
-        self._async.clear()
+        loops, self._loops = self._loops, None
+        if loops is not None:
+            loops.close()
 
     def __repr__(self) -> str:
         return f"RedisTokenBucketLimiter({self.limit}/min, {self.shown_url!r})"

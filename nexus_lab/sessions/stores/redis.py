@@ -80,8 +80,35 @@ Use ``maxmemory-policy noeviction`` (the default): an evicting policy would
 drop live sessions when memory runs short. Redis Cluster is not supported
 (the scripts touch keys of several hash slots).
 
-``blocking`` is ``True``: the platform runs every call in its worker
-threads, never on the event loop.
+Two ways in, one behaviour. The sync methods (redis-py, a connection pool)
+block: ``blocking`` is ``True``, so an asyncio server never calls them on its
+loop. The awaitable twins the platform calls per request (``aget``,
+``aupdate``, ``acreate``, ``adelete``; ``async_native`` is ``True``) run on the
+loop without blocking it:
+
+* **Auto-pipelined.** Each event loop (per process) has ONE connection
+  (:class:`AsyncRedis`, an asyncio protocol with the hiredis parser). A call
+  packs its command, queues it and awaits a future; everything the loop's
+  callers queue in one iteration leaves in one write at its end, and each
+  chunk read resolves every reply it holds, in order. Per command that is a
+  few microseconds of Python, no thread hop and no lock (measured: ~4 us, where
+  ``redis.asyncio`` took ~75 us and a batching I/O thread ~19 us). The rate
+  limiter's ``acheck`` uses the same client class.
+* **The same algorithm.** ``update`` and ``aupdate`` drive one generator
+  (``_update_steps``: guess, mutate, version-checked commit, retry) that yields
+  the Redis calls it needs; the scripts, keys, arguments, tokens and TTLs are
+  built by the same helpers. Writers of one session on one loop take turns
+  (a queue per session id), as threads do on the stripe locks.
+* **Failures.** A command waits at most ``socket_timeout`` for the next reply
+  (one watchdog timer per connection, not one per command), then every command
+  in flight fails with ``ServiceUnavailable`` ("may or may not have been
+  applied" for writes). A connection that breaks with commands in flight is
+  replaced and each command sent once more (the tokens make a repeated write
+  count once), as redis-py's one retry does; a refused connect fails at once.
+  The next call connects again, so the store recovers by itself. A script the
+  server lost (a restart, ``SCRIPT FLUSH``) is sent again with ``EVAL``.
+* **Processes.** Connections are made on first use in each process (a forked
+  child drops its parent's), so ``nexus serve --workers N`` needs nothing more.
 
 Example::
 
@@ -94,18 +121,35 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
-from typing import Any, TypeVar
+from collections import deque
+from collections.abc import Callable, Generator, Mapping
+from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
 import redis
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import RedisError
+from redis.exceptions import (
+    AuthenticationError,
+    BusyLoadingError,
+    NoScriptError,
+    ReadOnlyError,
+    RedisError,
+    ResponseError,
+)
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
+
+try:  # the redis extra installs it; pack_command (C) since hiredis 2.1
+    import hiredis
+    from hiredis import pack_command
+except ImportError:  # pragma: no cover - then the platform calls the sync methods in threads
+    hiredis = None
 
 from ...errors import ConfigError, ServiceUnavailable, SessionNotFound
 from ..models import SessionEvent, SessionRecord, decode_json, encode_json
@@ -248,6 +292,21 @@ return n
 """
 
 
+#: a Redis call ``_update_steps`` asks for: a key to ``HGETALL``, or a commit's keys and args
+_Step = str | tuple[list[str], list[Any]]
+
+
+def _end_turn(turns: dict[str, deque[asyncio.Future[None]]], key: str) -> None:
+    """Hand ``key``'s turn to its next waiter still waiting, or free it."""
+    waiters = turns[key]
+    while waiters:
+        turn = waiters.popleft()
+        if not turn.done():
+            turn.set_result(None)
+            return
+    del turns[key]
+
+
 def _num(text: str) -> float:
     """A number stored by :func:`_text`: ints come back as ints, floats exactly."""
     return int(text) if text.lstrip("-").isdigit() else float(text)
@@ -315,6 +374,368 @@ def redact_url(url: str) -> str:
     return f"{parts.scheme}://{netloc}{parts.path}{query}"
 
 
+# ----------------------------------------------------------------------------- on an event loop
+#
+# The awaitable twins (and the rate limiter's acheck) talk to Redis through AsyncRedis: one
+# connection per event loop, auto-pipelined. A command is packed (hiredis, in C), appended to
+# the connection's output and answered through a future; everything one loop iteration sends,
+# from every concurrent caller, leaves in ONE write, and each chunk read resolves every reply it
+# holds (FIFO: Redis answers in order). Per command that is a few microseconds of Python on the
+# loop, no thread hop and no lock. Measured (32 tasks on uvloop, 3 commands each, CPU per
+# command): this ~4 us; the same writing each command at once ~8 us; a batching I/O thread
+# with redis-py pipelines ~19 us (GIL hand-offs); redis.asyncio ~75 us (its pool and locks).
+
+
+class ConnectionLostError(RedisConnectionError):
+    """The connection broke with the command in flight (it may or may not have run)."""
+
+
+_ERRORS: dict[str, type[RedisError]] = {  # the error codes these commands can meet
+    "NOSCRIPT": NoScriptError,
+    "LOADING": BusyLoadingError,  # a restarted server reading its data: retry shortly
+    "NOAUTH": AuthenticationError,
+    "WRONGPASS": AuthenticationError,
+    "READONLY": ReadOnlyError,
+}
+
+
+def _reply_error(message: str) -> RedisError:
+    """The redis-py exception for an error reply (hiredis calls this for each one)."""
+    code, _, rest = message.partition(" ")
+    cls = _ERRORS.get(code)
+    if cls is not None:
+        return cls(rest)
+    if message == "ERR invalid password" or message.startswith("ERR AUTH"):
+        return AuthenticationError(message)
+    return ResponseError(message)
+
+
+class LuaScript(NamedTuple):
+    """A script's text and SHA1: sent as ``EVALSHA``, and as ``EVAL`` once if Redis lacks it."""
+
+    text: str
+    sha: str
+
+    @classmethod
+    def of(cls, text: str) -> LuaScript:
+        return cls(text, hashlib.sha1(text.encode()).hexdigest())
+
+
+class Endpoint:
+    """Where and how to connect, read from a redis-py pool (so URL query options count too).
+
+    ``where`` (host:port or the socket path) is what errors name: never the password.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        kw = pool.connection_kwargs
+        self.path: str | None = kw.get("path")
+        self.host: str = kw.get("host", "localhost")
+        self.port: int = int(kw.get("port", 6379))
+        self.where = self.path or f"{self.host}:{self.port}"
+        self.username: str | None = kw.get("username")
+        self.password: str | None = kw.get("password")
+        self.db = int(kw.get("db") or 0)
+        self.timeout: float | None = kw.get("socket_timeout")
+        self.connect_timeout: float | None = kw.get("socket_connect_timeout") or self.timeout
+        self._tls: dict[str, Any] | None = None
+        if issubclass(pool.connection_class, redis.SSLConnection):
+            self._tls = {k: v for k, v in kw.items() if k in _ASYNC_TLS_OPTIONS}
+        self._ssl: Any = None
+
+    def ssl_context(self) -> Any:
+        """The TLS context (``rediss://``), built as redis.asyncio builds it; None for plain TCP."""
+        if self._tls is None:
+            return None
+        if self._ssl is None:
+            import redis.asyncio
+
+            self._ssl = redis.asyncio.SSLConnection(**self._tls).ssl_context.get()
+        return self._ssl
+
+
+def _async_tls_options() -> frozenset[str]:
+    try:
+        import inspect
+
+        import redis.asyncio
+
+        params = inspect.signature(redis.asyncio.SSLConnection.__init__).parameters
+    except Exception:  # pragma: no cover - redis-py without asyncio/ssl support
+        return frozenset()
+    return frozenset(p for p in params if p.startswith("ssl_"))
+
+
+_ASYNC_TLS_OPTIONS = _async_tls_options()
+
+
+def _again(exc: RedisError) -> RedisError:
+    return type(exc)(*exc.args)
+
+
+class _Connection(asyncio.Protocol):
+    """One pipelined Redis connection on one loop (see :class:`AsyncRedis`).
+
+    Replies are matched to the futures in sending order. ``timeout`` bounds how long the
+    oldest unanswered command may wait without any reply arriving (socket_timeout's meaning):
+    a watchdog timer, not a timer per command, so a busy connection pays one timer a second.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop, timeout: float | None, where: str):
+        self._loop = loop
+        self._timeout = timeout
+        self._where = where
+        self._reader = hiredis.Reader(encoding="utf-8", replyError=_reply_error)
+        self._waiting: deque[asyncio.Future[Any]] = deque()
+        self._out: list[bytes] = []
+        self._transport: Any = None
+        self._since = 0.0  # when the oldest waiting command last saw progress
+        self._timer: asyncio.TimerHandle | None = None
+        self.broken: RedisError | None = None  # why this connection is no longer usable
+
+    def send(self, packed: bytes) -> asyncio.Future[Any]:
+        """Queue one packed command; its reply (or error) resolves the returned future."""
+        loop = self._loop
+        fut = loop.create_future()
+        if self.broken is not None:  # broke after its caller was handed it
+            fut.set_exception(_again(self.broken))
+            return fut
+        waiting = self._waiting
+        if not waiting:
+            self._since = loop.time()
+            if self._timer is None and self._timeout:
+                self._timer = loop.call_later(self._timeout, self._watch)
+        waiting.append(fut)
+        out = self._out
+        if not out:  # the first command of this loop iteration: write them all at its end
+            loop.call_soon(self._flush)
+        out.append(packed)
+        return fut
+
+    def _flush(self) -> None:
+        out, self._out = self._out, []
+        if self.broken is None and out:
+            self._transport.write(b"".join(out))
+
+    # -- asyncio.Protocol
+    def connection_made(self, transport: Any) -> None:
+        self._transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        reader = self._reader
+        waiting = self._waiting
+        reader.feed(data)
+        try:
+            while (reply := reader.gets()) is not False:
+                fut = waiting.popleft()
+                if fut.done():  # its caller was cancelled; the reply is dropped
+                    continue
+                if isinstance(reply, RedisError):
+                    fut.set_exception(reply)
+                else:
+                    fut.set_result(reply)
+        except Exception as exc:  # garbage on the wire (or a reply with no caller): give up
+            self._fail(RedisConnectionError(f"Protocol error from {self._where}: {exc}"))
+            return
+        if waiting:
+            self._since = self._loop.time()
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self._fail(ConnectionLostError(f"Connection to {self._where} lost"
+                                       + (f": {exc}" if exc else "")))
+
+    # -- failure
+    def _watch(self) -> None:
+        self._timer = None
+        if not self._waiting or self.broken is not None:
+            return
+        assert self._timeout is not None
+        late = self._loop.time() - self._since
+        if late >= self._timeout:
+            self._fail(RedisTimeoutError(f"Timeout reading from {self._where}"))
+        else:
+            self._timer = self._loop.call_later(self._timeout - late, self._watch)
+
+    def _fail(self, exc: RedisError) -> None:
+        """Mark broken, fail every waiting command with ``exc`` and drop the socket."""
+        if self.broken is None:
+            self.broken = exc
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        waiting = self._waiting
+        while waiting:
+            fut = waiting.popleft()
+            if not fut.done():
+                fut.set_exception(_again(exc))  # one instance per caller: tracebacks apart
+        self._out = []
+        transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.abort()
+
+    def close(self) -> None:
+        self._fail(RedisConnectionError("Connection closed by the client"))
+
+
+class AsyncRedis:
+    """Redis commands awaited on one event loop, auto-pipelined over one connection.
+
+    Connected on first use and again after a failure (one connect at a time, shared by the
+    callers that wait for it), so it recovers by itself when Redis comes back. A command whose
+    connection broke under it is sent once more on a new connection, as the sync client's
+    ``Retry`` does (the store's writes carry tokens, so a repeat applies once); a timeout is not
+    repeated (Redis hung: the caller has waited ``socket_timeout`` already).
+
+    Get one from :class:`LoopClients` (one per endpoint, loop and process).
+    """
+
+    def __init__(self, endpoint: Endpoint, loop: asyncio.AbstractEventLoop) -> None:
+        self.endpoint = endpoint
+        self.loop = loop
+        self._conn: _Connection | None = None
+        self._connecting: asyncio.Task[_Connection] | None = None
+        self._closed = False
+        #: per-key queues for callers that must take turns (the store's writers of a session)
+        self.turns: dict[str, deque[asyncio.Future[None]]] = {}
+
+    async def call(self, args: tuple[Any, ...]) -> Any:
+        """One command (``("HGETALL", key)``); its reply, or a ``RedisError``."""
+        packed = pack_command(args)
+        conn = self._conn
+        if conn is None or conn.broken is not None:
+            conn = await self._connected()
+        try:
+            return await conn.send(packed)
+        except ConnectionLostError:  # e.g. Redis restarted: once more, on a new connection
+            conn = await self._connected()
+            return await conn.send(packed)
+
+    async def script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
+        """``EVALSHA``; ``EVAL`` (which caches it again) if Redis has lost the script."""
+        try:
+            return await self.call(("EVALSHA", script.sha, len(keys), *keys, *args))
+        except NoScriptError:  # not run: safe to send again
+            return await self.call(("EVAL", script.text, len(keys), *keys, *args))
+
+    async def _connected(self) -> _Connection:
+        if self._closed:
+            raise RedisConnectionError("the client is closed")
+        conn = self._conn
+        if conn is not None and conn.broken is None:
+            return conn
+        task = self._connecting
+        if task is None:
+            task = self._connecting = self.loop.create_task(self._connect())
+            task.add_done_callback(_connect_done)
+        # shielded: a caller that gives up does not cancel the connect the others wait for
+        return await asyncio.shield(task)
+
+    async def _connect(self) -> _Connection:
+        ep = self.endpoint
+        loop = self.loop
+        try:
+            try:
+                if ep.path:
+                    opening = loop.create_unix_connection(
+                        lambda: _Connection(loop, ep.timeout, ep.where), ep.path)
+                else:
+                    opening = loop.create_connection(
+                        lambda: _Connection(loop, ep.timeout, ep.where), ep.host, ep.port,
+                        ssl=ep.ssl_context())
+                _, conn = await asyncio.wait_for(opening, ep.connect_timeout)
+            except asyncio.TimeoutError:
+                raise RedisTimeoutError(f"Timeout connecting to {ep.where}") from None
+            except OSError as exc:
+                raise RedisConnectionError(
+                    f"Error {exc.errno} connecting to {ep.where}. {exc.strerror or exc}."
+                ) from None
+            hello = []
+            if ep.password:
+                auth = ("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password)
+                hello.append(conn.send(pack_command(auth)))
+            if ep.db:
+                hello.append(conn.send(pack_command(("SELECT", ep.db))))
+            for reply in await asyncio.gather(*hello, return_exceptions=True):
+                if isinstance(reply, BaseException):
+                    conn.close()
+                    raise reply
+            if self._closed:
+                conn.close()
+                raise RedisConnectionError("the client is closed")
+            self._conn = conn
+            return conn
+        finally:
+            self._connecting = None
+
+    def close(self) -> None:
+        """Drop the connection (callable from any thread; the loop may be gone already)."""
+        self._closed = True
+        conn, self._conn = self._conn, None
+        if conn is None or self.loop.is_closed():
+            return
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            conn.close()
+        else:
+            try:
+                self.loop.call_soon_threadsafe(conn.close)
+            except RuntimeError:  # closed meanwhile: its transports went with it
+                pass
+
+
+def _connect_done(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()  # retrieved: every waiter may have given up
+
+
+class LoopClients:
+    """One :class:`AsyncRedis` per event loop for one endpoint, per process.
+
+    A forked child starts with none (its parent's sockets are not its own); clients of loops
+    that have closed are dropped when another loop asks.
+    """
+
+    def __init__(self, endpoint: Endpoint) -> None:
+        self.endpoint = endpoint
+        self._clients: dict[asyncio.AbstractEventLoop, AsyncRedis] = {}
+        _LOOP_CLIENTS.add(self)
+
+    def get(self) -> AsyncRedis:
+        """The running loop's client (call it on the loop)."""
+        loop = asyncio.get_running_loop()
+        client = self._clients.get(loop)
+        if client is None:
+            for old in [lp for lp in self._clients if lp.is_closed()]:
+                del self._clients[old]
+            client = self._clients[loop] = AsyncRedis(self.endpoint, loop)
+        return client
+
+    def close(self) -> None:
+        clients, self._clients = list(self._clients.values()), {}
+        for client in clients:
+            client.close()
+
+    def _forget(self) -> None:  # in a forked child: the parent's connections stay the parent's
+        self._clients = {}
+
+
+_LOOP_CLIENTS: weakref.WeakSet[LoopClients] = weakref.WeakSet()
+
+
+def _reply_hash(reply: list[str]) -> dict[str, str]:
+    """``HGETALL``'s flat reply as the dict redis-py makes of it."""
+    it = iter(reply)
+    return dict(zip(it, it, strict=True))
+
+
+# the scripts the awaitable twins send (the sync methods use redis-py's Script objects)
+_CREATE_LUA = LuaScript.of(_CREATE)
+_COMMIT_LUA = LuaScript.of(_COMMIT)
+_DELETE_LUA = LuaScript.of(_DELETE)
+
 _STORES: weakref.WeakSet[RedisSessionStore] = weakref.WeakSet()
 
 
@@ -322,6 +743,8 @@ def _after_fork_in_child() -> None:
     # a lock held by a parent thread at fork time would stay held forever in the child
     for store in list(_STORES):
         store._stripes = [threading.Lock() for _ in range(_STRIPES)]
+    for clients in list(_LOOP_CLIENTS):  # the parent's sockets: the child connects anew
+        clients._forget()
 
 
 if hasattr(os, "register_at_fork"):
@@ -356,7 +779,9 @@ class RedisSessionStore(SessionStore):
     """
 
     name = "redis"
-    blocking = True  # every call is a network round trip: keep it off event loops
+    blocking = True  # every sync call is a network round trip: keep it off event loops
+    #: the twins below await Redis on the loop (auto-pipelined), never blocking it
+    async_native = hiredis is not None and hasattr(hiredis, "pack_command")
 
     def __init__(
         self,
@@ -424,6 +849,8 @@ class RedisSessionStore(SessionStore):
         self._x = p + "x"
         self._n = p + "n"
         self._hgetall = self._client.hgetall
+        # the awaitable twins' connections: one per event loop, made on first use
+        self._loops = LoopClients(Endpoint(self._client.connection_pool))
         _STORES.add(self)
 
     @classmethod
@@ -476,15 +903,15 @@ class RedisSessionStore(SessionStore):
                 args.append(int(n))
         return args
 
-    # -- SessionStore: writes
-    def create(
+    # -- the calls, without their I/O (shared by the sync methods and their awaitable twins)
+    def _create_call(
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
-        incr: Mapping[str, int] | None = None,
-    ) -> bool:
-        self._check_write()
+        event: SessionEvent | None,
+        incr: Mapping[str, int] | None,
+    ) -> tuple[list[str], list[Any]]:
+        """``_CREATE``'s keys and args (and the session's guess forgotten)."""
         p = self.key_prefix
         sid = record.session_id
         args = self._pairs(
@@ -510,10 +937,115 @@ class RedisSessionStore(SessionStore):
         )
         keys = [p + "s:" + sid, p + "e:" + sid, self._x, self._n, p + "u:" + record.user_id]
         self._guesses.pop(sid, None)
+        return keys, args
+
+    def _update_steps(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], T],
+        now: float,
+        event: SessionEvent | None,
+        incr: Mapping[str, int] | None,
+    ) -> Generator[_Step, Any, T]:
+        """``update``'s algorithm without its I/O, driven by :meth:`update` and :meth:`aupdate`.
+
+        It yields each Redis call it needs and is sent the reply: a key (``str``) is an
+        ``HGETALL`` of it, sent back as a dict; ``(keys, args)`` is a ``_COMMIT``, sent back
+        as redis-py returns it. It returns what ``mutate`` returned.
+        """
+        p = self.key_prefix
+        key = p + "s:" + session_id
+        local = self._local
+        guesses = self._guesses
+        h = guesses.get(session_id)
+        fresh = h is None or float(h["e"]) <= now  # expired guess: maybe slid since
+        if fresh:
+            h = yield key
+        for _ in range(_MAX_ATTEMPTS):
+            if not h or float(h["e"]) <= now:
+                guesses.pop(session_id, None)
+                raise SessionNotFound(session_id)
+            rec = _record(session_id, h)
+            local.mutating = True
+            try:
+                result = mutate(rec)  # raises before changing rec, or changes it
+            except Exception:
+                if fresh:
+                    raise
+                h, fresh = (yield key), True  # confirm on the current record
+                continue
+            finally:
+                local.mutating = False
+            new = {
+                "a": _text(rec.last_accessed),
+                "e": _text(rec.expires_at),
+                "t": "" if rec.ttl is None else _text(rec.ttl),
+                "m": rec.metadata_json,
+                "ch": encode_json(rec.channels),
+                "w": encode_json(rec.writers),
+                "s": rec.state_json,
+                "v": _token(),
+            }
+            args = self._pairs(
+                [
+                    h["v"],
+                    new["v"],
+                    session_id,
+                    self._ttl_ms(rec.expires_at, now),
+                    new["a"],
+                    new["e"],
+                    new["t"],
+                    new["m"],
+                    new["ch"],
+                    new["w"],
+                    new["s"],
+                    _event_text(event),  # after mutate: apply_session_update sets keys
+                    self.max_events,
+                ],
+                incr,
+            )
+            keys = [key, p + "e:" + session_id, self._x, self._n, p + "u:" + h["u"]]
+            reply = yield keys, args
+            if reply == 1:
+                self._guess(session_id, {"u": h["u"], "c": h["c"], **new})
+                return result
+            h = _reply_hash(reply)  # changed since: the current record came back instead
+            fresh = True
+        raise ServiceUnavailable(
+            f"Redis session store at {self.url}: session {session_id!r} changed under "
+            f"{_MAX_ATTEMPTS} consecutive update attempts (other processes writing it); "
+            "nothing was written",
+            retry_after=1.0,
+        )
+
+    def _delete_call(self, session_id: str, now: float) -> tuple[list[str], list[Any]]:
+        """``_DELETE``'s keys and args (and the session's guess forgotten)."""
+        p = self.key_prefix
+        keys = [p + "s:" + session_id, p + "e:" + session_id, self._x, self._n, p + "t:" + _token()]
+        self._guesses.pop(session_id, None)
+        return keys, [p, session_id, _text(now)]
+
+    def _seen(self, session_id: str, h: dict[str, str], now: float) -> SessionRecord | None:
+        """What ``get`` returns for the hash it read (remembered as update's first guess)."""
+        if not h or float(h["e"]) <= now:
+            return None
+        self._guess(session_id, h)  # the platform updates what it just read
+        return _record(session_id, h)
+
+    # -- SessionStore: writes
+    def create(
+        self,
+        record: SessionRecord,
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> bool:
+        self._check_write()
+        keys, args = self._create_call(record, now, event, incr)
         try:
             return self._create(keys, args) == 1
         except RedisError as exc:
-            raise self._unavailable(f"create of session {sid!r}", exc) from exc
+            raise self._unavailable(f"create of session {record.session_id!r}", exc) from exc
 
     def update(
         self,
@@ -524,85 +1056,25 @@ class RedisSessionStore(SessionStore):
         incr: Mapping[str, int] | None = None,
     ) -> T:
         self._check_write()
-        p = self.key_prefix
-        key = p + "s:" + session_id
-        ekey = p + "e:" + session_id
-        local = self._local
-        guesses = self._guesses
+        steps = self._update_steps(session_id, mutate, now, event, incr)
+        hgetall, commit = self._hgetall, self._commit
         # Writers of one session in this process take turns here: they would only make each
         # other retry at Redis (each success invalidates every other writer's read).
         with self._stripes[hash(session_id) & (_STRIPES - 1)]:
             try:
-                h = guesses.get(session_id)
-                fresh = h is None or float(h["e"]) <= now  # expired guess: maybe slid since
-                if fresh:
-                    h = self._hgetall(key)
-                for _ in range(_MAX_ATTEMPTS):
-                    if not h or float(h["e"]) <= now:
-                        guesses.pop(session_id, None)
-                        raise SessionNotFound(session_id)
-                    rec = _record(session_id, h)
-                    local.mutating = True
-                    try:
-                        result = mutate(rec)  # raises before changing rec, or changes it
-                    except Exception:
-                        if fresh:
-                            raise
-                        h, fresh = self._hgetall(key), True  # confirm on the current record
-                        continue
-                    finally:
-                        local.mutating = False
-                    new = {
-                        "a": _text(rec.last_accessed),
-                        "e": _text(rec.expires_at),
-                        "t": "" if rec.ttl is None else _text(rec.ttl),
-                        "m": rec.metadata_json,
-                        "ch": encode_json(rec.channels),
-                        "w": encode_json(rec.writers),
-                        "s": rec.state_json,
-                        "v": _token(),
-                    }
-                    args = self._pairs(
-                        [
-                            h["v"],
-                            new["v"],
-                            session_id,
-                            self._ttl_ms(rec.expires_at, now),
-                            new["a"],
-                            new["e"],
-                            new["t"],
-                            new["m"],
-                            new["ch"],
-                            new["w"],
-                            new["s"],
-                            _event_text(event),  # after mutate: apply_session_update sets keys
-                            self.max_events,
-                        ],
-                        incr,
-                    )
-                    keys = [key, ekey, self._x, self._n, p + "u:" + h["u"]]
-                    reply = self._commit(keys, args)
-                    if reply == 1:
-                        self._guess(session_id, {"u": h["u"], "c": h["c"], **new})
-                        return result
-                    h = dict(zip(reply[::2], reply[1::2], strict=True))  # the current record
-                    fresh = True
+                step = next(steps)
+                while True:
+                    step = steps.send(hgetall(step) if step.__class__ is str else commit(*step))
+            except StopIteration as done:
+                return done.value
             except RedisError as exc:
                 raise self._unavailable(f"update of session {session_id!r}", exc) from exc
-        raise ServiceUnavailable(
-            f"Redis session store at {self.url}: session {session_id!r} changed under "
-            f"{_MAX_ATTEMPTS} consecutive update attempts (other processes writing it); "
-            "nothing was written",
-            retry_after=1.0,
-        )
 
     def delete(self, session_id: str, now: float) -> bool:
         self._check_write()
-        p = self.key_prefix
-        keys = [p + "s:" + session_id, p + "e:" + session_id, self._x, self._n, p + "t:" + _token()]
-        self._guesses.pop(session_id, None)
+        keys, args = self._delete_call(session_id, now)
         try:
-            return self._delete(keys, [p, session_id, _text(now)]) == 1
+            return self._delete(keys, args) == 1
         except RedisError as exc:
             raise self._unavailable(f"delete of session {session_id!r}", exc) from exc
 
@@ -634,10 +1106,7 @@ class RedisSessionStore(SessionStore):
             h = self._hgetall(self.key_prefix + "s:" + session_id)
         except RedisError as exc:
             raise self._unavailable(f"read of session {session_id!r}", exc) from exc
-        if not h or float(h["e"]) <= now:
-            return None
-        self._guess(session_id, h)  # the platform updates what it just read
-        return _record(session_id, h)
+        return self._seen(session_id, h, now)
 
     def _fetch(self, ids: list[str]) -> list[dict[str, str]]:
         pipe = self._client.pipeline(transaction=False)
@@ -705,6 +1174,78 @@ class RedisSessionStore(SessionStore):
         except RedisError as exc:
             raise self._unavailable("count", exc) from exc
 
+    # -- the awaitable twins: the same calls, awaited on the running loop (see the module docs)
+    async def aget(self, session_id: str, now: float) -> SessionRecord | None:
+        self._check()
+        try:
+            reply = await self._loops.get().call(("HGETALL", self.key_prefix + "s:" + session_id))
+        except RedisError as exc:
+            raise self._unavailable(f"read of session {session_id!r}", exc) from exc
+        return self._seen(session_id, _reply_hash(reply), now)
+
+    async def aupdate(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], T],
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> T:
+        self._check_write()
+        client = self._loops.get()
+        steps = self._update_steps(session_id, mutate, now, event, incr)
+        # Writers of one session on this loop take turns, as threads do on the stripe locks:
+        # 200 concurrent writers would otherwise each lose ~100 rounds at Redis.
+        turns = client.turns
+        waiters = turns.get(session_id)
+        if waiters is None:
+            turns[session_id] = deque()  # free: ours now
+        else:
+            turn = client.loop.create_future()
+            waiters.append(turn)
+            try:
+                await turn  # handed over by the writer before us
+            except asyncio.CancelledError:
+                if turn.done() and not turn.cancelled():  # handed over, then cancelled
+                    _end_turn(turns, session_id)
+                raise
+        try:
+            step = next(steps)
+            while True:
+                if step.__class__ is str:
+                    reply = _reply_hash(await client.call(("HGETALL", step)))
+                else:
+                    reply = await client.script(_COMMIT_LUA, *step)
+                step = steps.send(reply)
+        except StopIteration as done:
+            return done.value
+        except RedisError as exc:
+            raise self._unavailable(f"update of session {session_id!r}", exc) from exc
+        finally:
+            _end_turn(turns, session_id)
+
+    async def acreate(
+        self,
+        record: SessionRecord,
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> bool:
+        self._check_write()
+        keys, args = self._create_call(record, now, event, incr)
+        try:
+            return await self._loops.get().script(_CREATE_LUA, keys, args) == 1
+        except RedisError as exc:
+            raise self._unavailable(f"create of session {record.session_id!r}", exc) from exc
+
+    async def adelete(self, session_id: str, now: float) -> bool:
+        self._check_write()
+        keys, args = self._delete_call(session_id, now)
+        try:
+            return await self._loops.get().script(_DELETE_LUA, keys, args) == 1
+        except RedisError as exc:
+            raise self._unavailable(f"delete of session {session_id!r}", exc) from exc
+
     # -- health and lifecycle
     def ping(self) -> bool:
         """``True`` if Redis answers a ``PING`` now; never raises.
@@ -726,6 +1267,7 @@ class RedisSessionStore(SessionStore):
         if self._closed:
             return
         self._closed = True
+        self._loops.close()
         try:
             self._client.close()
         except RedisError:  # already gone: nothing to release
