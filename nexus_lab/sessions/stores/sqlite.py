@@ -14,8 +14,8 @@ several processes (uvicorn workers, a CLI, a notebook) can share one file.
   each inside its own ``SAVEPOINT`` (a write whose ``mutate`` raises rolls
   back only itself, and its caller gets the exception). Every caller is
   acknowledged only after the ``COMMIT`` returned. The leader then hands the
-  role to the next waiting writer, so nobody leads for long and no background
-  thread exists. With one writer this is exactly one transaction per write.
+  role to the next waiting writer, so nobody leads for long. With one writer
+  this is exactly one transaction per write. The sync methods start no thread.
 * ``BEGIN IMMEDIATE`` takes the file's write lock before reading, so two
   processes updating one session never lose each other's keys; counters and
   the event log are written in the same transaction as the change.
@@ -24,8 +24,24 @@ several processes (uvicorn workers, a CLI, a notebook) can share one file.
   per concurrently reading thread); WAL readers see the last commit and do not
   wait for the writer. (``":memory:"`` is one connection, so there reads wait
   for a batch in flight: fine for tests and notebooks, one process only.)
+* **Native awaitable twins** (``aget``, ``aupdate``, ``acreate``, ``adelete``;
+  ``async_native = True``). An asyncio server awaits them on its event loop,
+  and the loop itself never touches SQLite or a lock a batch holds: a call
+  only creates a future and hands its work over (a ``SimpleQueue.put``, or an
+  append under the queue's short lock). Two daemon threads of the store,
+  started on the first awaited call, do the work: a *writer* thread that
+  leads group commits whenever awaited writes wait and no thread leads (an
+  awaiting coroutine cannot lead: leading blocks), and a *reader* thread
+  that runs whatever reads are queued back to back on its own connection
+  (one thread: more readers only trade the GIL). Each batch wakes each loop
+  once (one ``call_soon_threadsafe`` resolving all of its futures), instead
+  of one worker-thread hop per call. Sync and awaited writes share the queue
+  and the batches. A cancelled ``aupdate``/``acreate``/``adelete`` does not
+  withdraw its write: it was queued when the call started and commits (or
+  fails) with its batch, exactly once; only its result is dropped.
 * Fork safe: a forked child starts with fresh locks and opens its own
-  connections; it never uses or closes the parent's.
+  connections; it never uses or closes the parent's, and starts its own
+  threads on its first awaited call (the parent's do not exist in it).
 
 Example::
 
@@ -36,13 +52,16 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import sqlite3
 import threading
 import weakref
-from _thread import allocate_lock, get_ident
+from _thread import LockType, allocate_lock, get_ident
 from collections.abc import Callable, Mapping
 from pathlib import Path
+from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 from ...errors import ConfigError, SessionNotFound
@@ -52,6 +71,8 @@ from . import COUNTER_CREATED, COUNTER_DELETED, COUNTER_EXPIRED, SessionStore
 __all__ = ["SQLiteSessionStore"]
 
 T = TypeVar("T")
+
+logger = logging.getLogger(__name__)
 
 _LIVE = "__live__"  # internal counter: records held, kept by create/delete/delete_expired
 _TRIM_EVERY = 16  # trim a session's event rows every this many events
@@ -153,11 +174,24 @@ class _Op:
     once they succeeded, instead of two or three statements per write.
     ``barrier`` ops (create, delete, delete_expired) delete or count rows
     themselves, so what the updates before them left is written first.
+
+    A sync caller's op has a ``done`` lock its thread waits on (and may be
+    promoted to lead). An awaited op has instead the ``fut`` its coroutine
+    awaits on ``loop``: it is never promoted (a coroutine cannot lead), and is
+    resolved from the leading thread with ``call_soon_threadsafe``.
     """
 
-    __slots__ = ("fn", "barrier", "result", "error", "lead", "done", "log", "trim", "incr")
+    __slots__ = (
+        "fn", "barrier", "result", "error", "lead", "done", "log", "trim", "incr", "loop", "fut"
+    )
 
-    def __init__(self, fn: Callable[[sqlite3.Connection, _Op], Any], barrier: bool) -> None:
+    def __init__(
+        self,
+        fn: Callable[[sqlite3.Connection, _Op], Any],
+        barrier: bool,
+        loop: asyncio.AbstractEventLoop | None = None,
+        fut: asyncio.Future | None = None,
+    ) -> None:
         self.fn = fn
         self.barrier = barrier
         self.result: Any = None
@@ -166,8 +200,12 @@ class _Op:
         self.log: tuple | None = None
         self.trim: str | None = None
         self.incr: Mapping[str, int] | None = None
-        self.done = allocate_lock()  # held until the op is acknowledged (or its caller promoted)
-        self.done.acquire()
+        self.loop = loop
+        self.fut = fut
+        self.done: LockType | None = None
+        if fut is None:
+            self.done = allocate_lock()  # held until acknowledged (or its caller promoted)
+            self.done.acquire()
 
     def outcome(self) -> Any:
         err = self.error
@@ -175,6 +213,105 @@ class _Op:
             self.error = None  # no reference cycle through the traceback
             raise err
         return self.result
+
+
+# (future, error, result) of finished awaited calls, by the loop that awaits them
+_Settled = dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, BaseException | None, Any]]]
+
+
+def _settle(items: list[tuple[asyncio.Future, BaseException | None, Any]]) -> None:
+    """On the event loop: resolve what a store thread finished (a cancelled await is skipped)."""
+    for fut, err, result in items:
+        if fut.done():
+            continue
+        if err is None:
+            fut.set_result(result)
+        else:
+            try:
+                fut.set_exception(err)
+            except TypeError:  # StopIteration & co. cannot travel through a future
+                new = RuntimeError(f"{type(err).__name__} raised in a session store call")
+                new.__cause__ = err
+                fut.set_exception(new)
+
+
+def _post(settled: _Settled) -> None:
+    """From a store thread: one wake-up per loop delivers all of that loop's results."""
+    for loop, items in settled.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:  # the loop is closed: nobody awaits these any more
+            pass
+
+
+def _writer_main(ref: weakref.ref[SQLiteSessionStore], wake: SimpleQueue) -> None:
+    """The store's writer thread: leads one group commit per token put in ``wake``.
+
+    A token means the lead was handed to this thread (see ``_pass_lead``), so
+    exactly one ``_lead`` runs per token; ``None`` stops it (close, or the store
+    was garbage collected). It holds the store only while it leads.
+    """
+    while wake.get() is not None:
+        store = ref()
+        if store is None:
+            return
+        try:
+            store._lead(None)
+        except BaseException:  # _lead passed the lead on and failed the batch's callers
+            logger.exception("the SQLite store's writer thread caught an error; it goes on")
+        del store
+
+
+def _reader_main(ref: weakref.ref[SQLiteSessionStore], reads: SimpleQueue) -> None:
+    """The store's reader thread: runs every queued ``aget`` back to back, then wakes each
+    awaiting loop once with all of its results. ``None`` in ``reads`` stops it."""
+    conn: sqlite3.Connection | None = None
+    get, get_nowait = reads.get, reads.get_nowait
+    try:
+        while True:
+            items = [get()]
+            try:
+                while True:
+                    items.append(get_nowait())
+            except Empty:
+                pass
+            store = ref()
+            if store is None:
+                return
+            stop = False
+            settled: _Settled = {}
+            for item in items:
+                if item is None:
+                    stop = True  # close(): what was queued with it still gets its error
+                    continue
+                session_id, now, loop, fut = item
+                if fut.cancelled():
+                    continue
+                result = err = None
+                try:
+                    if store._closed:
+                        raise RuntimeError(_CLOSED)
+                    if store.in_memory:  # one connection: the writer's (waits for a batch)
+                        row = store._fetchone(_GET, (session_id, now))
+                    else:
+                        if conn is None:
+                            conn = store._rconn = store._open_reader()
+                        row = conn.execute(_GET, (session_id, now)).fetchone()
+                    if row is not None:
+                        result = _record(row)
+                except Exception as exc:
+                    err = exc
+                try:
+                    settled[loop].append((fut, err, result))
+                except KeyError:
+                    settled[loop] = [(fut, err, result)]
+            del store
+            _post(settled)
+            if stop:
+                return
+    finally:
+        if conn is not None:
+            conn.close()
 
 
 _STORES: weakref.WeakSet[SQLiteSessionStore] = weakref.WeakSet()
@@ -208,6 +345,7 @@ class SQLiteSessionStore(SessionStore):
 
     name = "sqlite"
     blocking = True  # commits wait on the file (and on other processes): keep off event loops
+    async_native = True  # the a* twins hand their work to the store's own threads
 
     def __init__(
         self,
@@ -248,8 +386,16 @@ class SQLiteSessionStore(SessionStore):
         self._leading = False  # a leader runs, or a waiting writer was promoted to lead
         self._leader: int | None = None  # thread id of the leader while it runs a batch
         self._last_batch = 0  # size of the last batch: how many writers to expect back
+        self._qasync = 0  # how many ops in _queue are awaited ones (no thread waits on them)
         self._idle: list[sqlite3.Connection] = []
         self._pid = os.getpid()
+        # the threads of the awaitable twins, started on first use (see _start_writer)
+        self._tlock = threading.Lock()  # guards starting them against close()
+        self._wake: SimpleQueue = SimpleQueue()  # tokens: the lead is the writer thread's
+        self._reads: SimpleQueue = SimpleQueue()  # (session_id, now, loop, future) of aget
+        self._wthread: threading.Thread | None = None
+        self._rthread: threading.Thread | None = None
+        self._rconn: sqlite3.Connection | None = None  # the reader thread's connection
 
     # -- connections
     def _open(self) -> sqlite3.Connection:
@@ -291,9 +437,10 @@ class SQLiteSessionStore(SessionStore):
         return conn
 
     def _after_fork(self) -> None:
-        """In a forked child: fresh locks and queue; the parent's connections are kept
-        referenced (never used, never closed: closing would touch the parent's locks)."""
-        self._orphans.extend(c for c in (self._wconn, *self._idle) if c is not None)
+        """In a forked child: fresh locks and queues; the parent's connections are kept
+        referenced (never used, never closed: closing would touch the parent's locks). The
+        parent's threads do not exist here: the first awaited call starts the child's own."""
+        self._orphans.extend(c for c in (self._wconn, self._rconn, *self._idle) if c is not None)
         self._wconn = None
         self._forked_memory = self.in_memory
         self._init_runtime()
@@ -308,6 +455,9 @@ class SQLiteSessionStore(SessionStore):
             return self._idle.pop()
         except IndexError:
             pass
+        return self._open_reader()
+
+    def _open_reader(self) -> sqlite3.Connection:
         conn = self._open()
         conn.execute("PRAGMA query_only = 1")
         return conn
@@ -375,27 +525,32 @@ class SQLiteSessionStore(SessionStore):
         self._lead(op)
         return op.outcome()
 
-    def _lead(self, own: _Op) -> None:
+    def _lead(self, own: _Op | None) -> None:
+        """Run one batch as the leader: the caller's own op (``own``), or, from the
+        writer thread (``own`` None), for awaited ops; then pass the lead on."""
         batch: list[_Op] = []
         promoted: _Op | None = None
+        writer = own is None
         try:
             try:
                 self._wlock.acquire()
             except BaseException:  # interrupted while waiting: pass the role on, lead nothing
                 with self._qlock:
-                    if own in self._queue:
+                    if own is not None and own in self._queue:
                         self._queue.remove(own)
                         own.error = RuntimeError("interrupted before the write ran")
-                    promoted = self._pass_lead()
+                    promoted = self._pass_lead(writer)
                 raise
             try:
                 # Writers acknowledged by the last batch come back at about the same time; a
                 # leader that took the queue at once would often commit alone and leave them
                 # all to the next transaction. So, after a batch of n, wait (yielding the GIL
                 # and the CPU, at most n times) for up to n writers before taking the queue.
-                # One writer alone never waits: its last batch was 1.
+                # One writer alone never waits: its last batch was 1. The writer thread does
+                # not wait: awaited callers come back only after their loop ran them, and
+                # meanwhile the loop goes on queuing others.
                 expect = self._last_batch
-                if expect > 1:
+                if expect > 1 and not writer:
                     queue_len = self._queue.__len__
                     for _ in range(expect):
                         if queue_len() >= expect or self._closed:
@@ -403,8 +558,9 @@ class SQLiteSessionStore(SessionStore):
                         os.sched_yield()
                 with self._qlock:
                     batch, self._queue = self._queue, []
+                    self._last_batch = len(batch) - self._qasync  # threads to expect back
+                    self._qasync = 0
                     self._leader = get_ident()
-                self._last_batch = len(batch)
                 if batch:
                     self._run(batch)
             finally:
@@ -412,21 +568,42 @@ class SQLiteSessionStore(SessionStore):
                     self._close_writer()
                 with self._qlock:
                     self._leader = None
-                    promoted = self._pass_lead()
+                    promoted = self._pass_lead(writer)
                 self._wlock.release()
         finally:
+            settled: _Settled = {}
             for op in batch:
-                if op is not own:
-                    op.done.release()  # acknowledged: after COMMIT, or with its error
+                fut = op.fut
+                if fut is not None:  # awaited: resolved on its loop, one wake-up per loop
+                    err, op.error = op.error, None
+                    try:
+                        settled[op.loop].append((fut, err, op.result))  # type: ignore[index]
+                    except KeyError:
+                        settled[op.loop] = [(fut, err, op.result)]  # type: ignore[index]
+                elif op is not own:
+                    op.done.release()  # type: ignore[union-attr]  # acknowledged (or failed)
+            if settled:
+                _post(settled)
             if promoted is not None:
-                promoted.done.release()
+                promoted.done.release()  # type: ignore[union-attr]
 
-    def _pass_lead(self) -> _Op | None:
-        """With _qlock held: promote the first waiting writer, or end the leading."""
-        if self._queue:
-            nxt = self._queue[0]
-            nxt.lead = True
-            return nxt
+    def _pass_lead(self, writer: bool = False) -> _Op | None:
+        """With _qlock held: hand the lead on when ops wait, else end the leading.
+
+        Returns the sync op whose thread is promoted (the caller releases its
+        ``done``). An awaited op is never promoted: no thread waits on it. When
+        only awaited ops wait, or the writer thread led this batch (it just
+        goes on: no hand-over), the writer thread gets a token to lead the next.
+        """
+        queue = self._queue
+        if queue:
+            if not writer and len(queue) > self._qasync:
+                for nxt in queue:
+                    if nxt.fut is None:
+                        nxt.lead = True
+                        return nxt
+            self._wake.put(True)  # _leading stays True: the writer thread leads
+            return None
         self._leading = False
         return None
 
@@ -495,6 +672,60 @@ class SQLiteSessionStore(SessionStore):
             if not isinstance(exc, Exception):
                 raise
 
+    # -- the awaitable twins' threads
+    def _start_writer(self) -> SimpleQueue:
+        """Start the writer thread if it is not running (first awaited write, or the first
+        in a forked child); return the queue its tokens go to."""
+        with self._tlock:
+            if self._closed:
+                raise RuntimeError(_CLOSED)
+            if self._wthread is None:
+                t = threading.Thread(
+                    target=_writer_main,
+                    args=(weakref.ref(self), self._wake),
+                    name=f"nexus-sqlite-writer:{os.path.basename(self.path)}",
+                    daemon=True,
+                )
+                t.start()
+                weakref.finalize(self, self._wake.put, None)  # stops it if never closed
+                self._wthread = t
+            return self._wake
+
+    def _start_reader(self) -> SimpleQueue:
+        """Start the reader thread if it is not running; return the queue reads go to."""
+        with self._tlock:
+            if self._closed:
+                raise RuntimeError(_CLOSED)
+            if self._rthread is None:
+                t = threading.Thread(
+                    target=_reader_main,
+                    args=(weakref.ref(self), self._reads),
+                    name=f"nexus-sqlite-reader:{os.path.basename(self.path)}",
+                    daemon=True,
+                )
+                t.start()
+                weakref.finalize(self, self._reads.put, None)
+                self._rthread = t
+            return self._reads
+
+    async def _asubmit(self, fn: Callable[[sqlite3.Connection, _Op], T], barrier: bool = True) -> T:
+        """:meth:`_submit` for a coroutine: queue the op with a future of this loop; the writer
+        thread leads if no thread does. The loop only takes ``_qlock`` (never held across
+        SQLite) and puts a token: it never waits for a batch."""
+        wake = self._wake if self._wthread is not None else self._start_writer()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        op = _Op(fn, barrier, loop, fut)
+        with self._qlock:
+            if self._closed:
+                raise RuntimeError(_CLOSED)
+            self._queue.append(op)
+            self._qasync += 1
+            if not self._leading:
+                self._leading = True
+                wake.put(True)
+        return await fut
+
     def _close_writer(self) -> None:
         conn, self._wconn = self._wconn, None
         if conn is not None:
@@ -557,7 +788,7 @@ class SQLiteSessionStore(SessionStore):
             (session_id, session_id, self.max_events),
         )
 
-    # -- SessionStore: writes (group-committed)
+    # -- SessionStore: writes (group-committed); each builds its op once for both twins
     def create(
         self,
         record: SessionRecord,
@@ -565,6 +796,25 @@ class SQLiteSessionStore(SessionStore):
         event: SessionEvent | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
+        return self._submit(self._create_op(record, now, event, incr))
+
+    async def acreate(
+        self,
+        record: SessionRecord,
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> bool:
+        """:meth:`create`, committed by the writer thread's batch (see the module docs)."""
+        return await self._asubmit(self._create_op(record, now, event, incr))
+
+    def _create_op(
+        self,
+        record: SessionRecord,
+        now: float,
+        event: SessionEvent | None,
+        incr: Mapping[str, int] | None,
+    ) -> Callable[[sqlite3.Connection, _Op], bool]:
         sid = record.session_id
         seq = 1 if event is not None else 0
         row = (  # encoded before queuing: less work inside the shared transaction
@@ -604,7 +854,7 @@ class SQLiteSessionStore(SessionStore):
                 self._apply_incr(conn, incr)
             return True
 
-        return self._submit(op)
+        return op
 
     def update(
         self,
@@ -614,6 +864,29 @@ class SQLiteSessionStore(SessionStore):
         event: SessionEvent | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
+        return self._submit(self._update_op(session_id, mutate, now, event, incr), barrier=False)
+
+    async def aupdate(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], T],
+        now: float,
+        event: SessionEvent | None = None,
+        incr: Mapping[str, int] | None = None,
+    ) -> T:
+        """:meth:`update`, committed by the writer thread's batch: ``mutate`` runs there."""
+        return await self._asubmit(
+            self._update_op(session_id, mutate, now, event, incr), barrier=False
+        )
+
+    def _update_op(
+        self,
+        session_id: str,
+        mutate: Callable[[SessionRecord], T],
+        now: float,
+        event: SessionEvent | None,
+        incr: Mapping[str, int] | None,
+    ) -> Callable[[sqlite3.Connection, _Op], T]:
         def op(conn: sqlite3.Connection, me: _Op) -> T:
             row = conn.execute(_GET_FOR_UPDATE, (session_id,)).fetchone()
             if row is None or row[4] <= now:
@@ -648,9 +921,16 @@ class SQLiteSessionStore(SessionStore):
             me.incr = incr
             return result
 
-        return self._submit(op, barrier=False)
+        return op
 
     def delete(self, session_id: str, now: float) -> bool:
+        return self._submit(self._delete_op(session_id, now))
+
+    async def adelete(self, session_id: str, now: float) -> bool:
+        """:meth:`delete`, committed by the writer thread's batch."""
+        return await self._asubmit(self._delete_op(session_id, now))
+
+    def _delete_op(self, session_id: str, now: float) -> Callable[[sqlite3.Connection, _Op], bool]:
         def op(conn: sqlite3.Connection, _: _Op) -> bool:
             cur = conn.execute(
                 "DELETE FROM nexus_sessions WHERE session_id = ? AND expires_at > ?",
@@ -663,7 +943,7 @@ class SQLiteSessionStore(SessionStore):
             conn.execute(_INCR, (_LIVE, -1))
             return True
 
-        return self._submit(op)
+        return op
 
     def delete_expired(self, now: float) -> int:
         def op(conn: sqlite3.Connection, _: _Op) -> int:
@@ -690,6 +970,19 @@ class SQLiteSessionStore(SessionStore):
     def get(self, session_id: str, now: float) -> SessionRecord | None:
         row = self._fetchone(_GET, (session_id, now))
         return None if row is None else _record(row)
+
+    async def aget(self, session_id: str, now: float) -> SessionRecord | None:
+        """:meth:`get` on the store's reader thread, batched with the other reads queued."""
+        if self._closed:
+            raise RuntimeError(_CLOSED)
+        reads = self._reads if self._rthread is not None else self._start_reader()
+        loop = asyncio.get_running_loop()
+        fut = loop.create_future()
+        reads.put((session_id, now, loop, fut))
+        if self._closed and not fut.done():
+            # close() may have stopped the reader before our put: never leave the await hanging
+            fut.set_exception(RuntimeError(_CLOSED))
+        return await fut
 
     def list(self, user_id: str | None, now: float) -> list[SessionRecord]:
         if user_id is None:
@@ -726,29 +1019,49 @@ class SQLiteSessionStore(SessionStore):
 
         A batch being committed finishes (its writers are acknowledged);
         writes still queued behind it fail with a ``RuntimeError`` saying
-        nothing was written. The store starts no thread, so none is left.
+        nothing was written, awaited ones included, and queued ``aget`` calls
+        fail with the closed error. The writer and reader threads (if awaited
+        calls started them) are stopped and joined, unless ``close`` is called
+        from inside a ``mutate`` (then they end once that batch is done).
         """
         with self._qlock:
             if self._closed:
                 return
             self._closed = True
             pending, self._queue = self._queue, []
+            self._qasync = 0
             leader = self._leader
+        settled: _Settled = {}
         for op in pending:
             op.error = RuntimeError(
                 "SQLiteSessionStore was closed before this write ran; nothing was written"
             )
-            if not op.lead:  # a promoted op's caller is awake already and finds its error
-                op.done.release()
-        if leader != get_ident():  # else: called from a mutate; the leader closes after its batch
+            if op.fut is not None:
+                settled.setdefault(op.loop, []).append((op.fut, op.error, None))  # type: ignore[arg-type]
+            elif not op.lead:  # a promoted op's caller is awake already and finds its error
+                op.done.release()  # type: ignore[union-attr]
+        _post(settled)
+        inside = leader == get_ident()  # called from a mutate: the leader closes after its batch
+        if not inside:
             with self._wlock:  # waits for a batch in flight to commit
                 self._close_writer()
+        with self._tlock:  # a thread being started now is in these (see _start_writer)
+            threads = [t for t in (self._wthread, self._rthread) if t is not None]
+            if self._wthread is not None:
+                self._wake.put(None)
+            if self._rthread is not None:
+                self._reads.put(None)
         idle = self._idle
         while idle:
             try:
                 idle.pop().close()
             except IndexError:  # a reader took the last one meanwhile; it closes it
                 break
+        if not inside:
+            me = threading.current_thread()
+            for t in threads:
+                if t is not me:
+                    t.join(self.timeout)  # they only finish what they hold: never this long
 
     def __repr__(self) -> str:
         return f"SQLiteSessionStore({self.path!r}, max_events={self.max_events})"
