@@ -127,7 +127,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Callable, Generator, Mapping
+from collections.abc import Awaitable, Callable, Generator, Mapping
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -598,24 +598,31 @@ class AsyncRedis:
         #: per-key queues for callers that must take turns (the store's writers of a session)
         self.turns: dict[str, deque[asyncio.Future[None]]] = {}
 
-    async def call(self, args: tuple[Any, ...]) -> Any:
-        """One command (``("HGETALL", key)``); its reply, or a ``RedisError``."""
+    async def call(self, args: tuple[Any, ...], script: LuaScript | None = None) -> Any:
+        """One command (``("HGETALL", key)``); its reply, or a ``RedisError``.
+
+        With ``script``, ``args`` is its ``EVALSHA``, and it is sent as ``EVAL`` (which caches
+        the script again) if Redis has lost it: one coroutine for both, this is the hot path.
+        """
         packed = pack_command(args)
         conn = self._conn
         if conn is None or conn.broken is not None:
             conn = await self._connected()
         try:
-            return await conn.send(packed)
-        except ConnectionLostError:  # e.g. Redis restarted: once more, on a new connection
-            conn = await self._connected()
-            return await conn.send(packed)
-
-    async def script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Any:
-        """``EVALSHA``; ``EVAL`` (which caches it again) if Redis has lost the script."""
-        try:
-            return await self.call(("EVALSHA", script.sha, len(keys), *keys, *args))
+            try:
+                return await conn.send(packed)
+            except ConnectionLostError:  # e.g. Redis restarted: once more, on a new connection
+                conn = await self._connected()
+                return await conn.send(packed)
         except NoScriptError:  # not run: safe to send again
-            return await self.call(("EVAL", script.text, len(keys), *keys, *args))
+            if script is None:
+                raise
+            conn = await self._connected()
+            return await conn.send(pack_command(("EVAL", script.text, *args[2:])))
+
+    def script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Run ``script`` (``EVALSHA``, or ``EVAL`` if Redis has lost it); await the reply."""
+        return self.call(("EVALSHA", script.sha, len(keys), *keys, *args), script)
 
     async def _connected(self) -> _Connection:
         if self._closed:
@@ -822,7 +829,8 @@ class RedisSessionStore(SessionStore):
         self._closed = False
         self._stripes = [threading.Lock() for _ in range(_STRIPES)]
         self._local = threading.local()  # .mutating: this thread runs a mutate of ours
-        self._guesses: dict[str, dict[str, str]] = {}  # session id -> its last record seen
+        # session id -> [its last record seen (the hash), that record parsed (or None yet)]
+        self._guesses: dict[str, list[Any]] = {}
         try:
             self._client: redis.Redis = redis.Redis.from_url(
                 client_url,
@@ -881,15 +889,24 @@ class RedisSessionStore(SessionStore):
             # refused, as SQLite does: the same session's stripe lock is held (a deadlock)
             raise RuntimeError(_NESTED)
 
-    def _guess(self, session_id: str, h: dict[str, str]) -> None:
-        """Remember ``h`` as update's first guess of the session's record (bounded)."""
+    def _guess(self, session_id: str, h: dict[str, str], rec: SessionRecord | None) -> None:
+        """Remember ``h`` as update's first guess of the session's record (bounded), with
+        ``rec``, ``h`` parsed (if done already; never handed out, only copies of it)."""
         guesses = self._guesses
         if len(h["s"]) > _GUESS_MAX_STATE:
             guesses.pop(session_id, None)
             return
         if len(guesses) >= _GUESSES:
             guesses.clear()  # cheaper than an LRU, and a miss only costs one read
-        guesses[session_id] = h
+        guesses[session_id] = [h, rec]
+
+    @staticmethod
+    def _parsed(session_id: str, known: list[Any]) -> SessionRecord:
+        """The guess ``known`` parsed: once per version of the record, then copied."""
+        rec = known[1]
+        if rec is None:
+            rec = known[1] = _record(session_id, known[0])
+        return rec
 
     def _ttl_ms(self, expires_at: float, now: float) -> int:
         # relative to the caller's clock (see the module docs): remaining life plus the grace
@@ -957,31 +974,35 @@ class RedisSessionStore(SessionStore):
         key = p + "s:" + session_id
         local = self._local
         guesses = self._guesses
-        h = guesses.get(session_id)
-        fresh = h is None or float(h["e"]) <= now  # expired guess: maybe slid since
+        known = guesses.get(session_id)
+        fresh = known is None or float(known[0]["e"]) <= now  # expired guess: maybe slid since
         if fresh:
-            h = yield key
+            known = [(yield key), None]
         for _ in range(_MAX_ATTEMPTS):
+            h = known[0]
             if not h or float(h["e"]) <= now:
                 guesses.pop(session_id, None)
                 raise SessionNotFound(session_id)
-            rec = _record(session_id, h)
+            base = self._parsed(session_id, known)
+            rec = base.copy()
             local.mutating = True
             try:
                 result = mutate(rec)  # raises before changing rec, or changes it
             except Exception:
                 if fresh:
                     raise
-                h, fresh = (yield key), True  # confirm on the current record
+                known, fresh = [(yield key), None], True  # confirm on the current record
                 continue
             finally:
                 local.mutating = False
+            channels = rec.channels
             new = {
                 "a": _text(rec.last_accessed),
                 "e": _text(rec.expires_at),
                 "t": "" if rec.ttl is None else _text(rec.ttl),
                 "m": rec.metadata_json,
-                "ch": encode_json(rec.channels),
+                # the usual update adds no channel: its text then is the one read
+                "ch": h["ch"] if channels == base.channels else encode_json(channels),
                 "w": encode_json(rec.writers),
                 "s": rec.state_json,
                 "v": _token(),
@@ -1007,10 +1028,9 @@ class RedisSessionStore(SessionStore):
             keys = [key, p + "e:" + session_id, self._x, self._n, p + "u:" + h["u"]]
             reply = yield keys, args
             if reply == 1:
-                self._guess(session_id, {"u": h["u"], "c": h["c"], **new})
+                self._guess(session_id, {"u": h["u"], "c": h["c"], **new}, None)
                 return result
-            h = _reply_hash(reply)  # changed since: the current record came back instead
-            fresh = True
+            known, fresh = [_reply_hash(reply), None], True  # changed: the current record came back
         raise ServiceUnavailable(
             f"Redis session store at {self.url}: session {session_id!r} changed under "
             f"{_MAX_ATTEMPTS} consecutive update attempts (other processes writing it); "
@@ -1029,8 +1049,11 @@ class RedisSessionStore(SessionStore):
         """What ``get`` returns for the hash it read (remembered as update's first guess)."""
         if not h or float(h["e"]) <= now:
             return None
-        self._guess(session_id, h)  # the platform updates what it just read
-        return _record(session_id, h)
+        known = self._guesses.get(session_id)
+        if known is None or known[0]["v"] != h["v"]:  # not the version this store knows
+            known = [h, None]
+            self._guess(session_id, h, None)  # the platform updates what it just read
+        return self._parsed(session_id, known).copy()
 
     # -- SessionStore: writes
     def create(
