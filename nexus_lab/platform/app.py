@@ -496,10 +496,12 @@ class Nexus:
                 raise self._timed_out(dep, channel, started, timeout) from None
         flow = self._flow(dep, inputs, channel, session_id, principal, coerce_strings, started)
         manager = dep.session_manager or self._session_manager
-        # where the session steps run: awaited on the loop when the store never blocks it
-        # (memory, or native async twins: SQLite's I/O threads, Redis); else in worker threads
+        # where the session steps run: called on the loop when the store never blocks
+        # (memory); awaited when its twins are native (SQLite's I/O threads, Redis); else in
+        # worker threads
+        direct = manager is None or not manager.blocking
         offload = None
-        if manager is not None and not manager.async_native:
+        if not direct and not manager.async_native:
             offload = self._worker_pool().run
         value: Any = None
         error: BaseException | None = None
@@ -518,6 +520,8 @@ class Nexus:
                             value = await _within(dep.acall(step[2], step[3]), timeout)
                         except asyncio.TimeoutError:  # the agent's coroutine was cancelled
                             error = self._timed_out(dep, channel, started, timeout, cancelled=True)
+                elif direct:
+                    value = step[0](*step[2], **step[3])
                 elif offload is None:
                     value = await step[1](*step[2], **step[3])
                 else:
