@@ -408,6 +408,29 @@ def test_close_on_the_loop_with_awaited_writes_in_flight_loses_or_doubles_nothin
     wait_until(lambda: not store_threads(), "the store's threads to end")
 
 
+def test_close_from_inside_an_awaited_write_commits_that_write(tmp_path):
+    store = SQLiteSessionStore(tmp_path / "i.db")
+    store.create(record("a"), NOW)
+
+    def closing(rec: SessionRecord) -> str:
+        store.close()  # e.g. a shutdown hook, run on the store's writer thread
+        rec.state_json = '{"last":1}'
+        return "ok"
+
+    async def main() -> None:
+        assert await store.aupdate("a", closing, NOW) == "ok"
+        with pytest.raises(RuntimeError, match="closed"):
+            await store.aget("a", NOW)
+
+    run(main())
+    wait_until(lambda: not store_threads(), "the store's threads to end")
+    again = SQLiteSessionStore(tmp_path / "i.db")
+    try:
+        assert again.get("a", NOW).state_json == '{"last":1}'
+    finally:
+        again.close()
+
+
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_starts_its_own_threads(tmp_path):
     store = SQLiteSessionStore(tmp_path / "f.db")

@@ -59,6 +59,7 @@ import sqlite3
 import threading
 import weakref
 from _thread import LockType, allocate_lock, get_ident
+from collections import deque
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from queue import Empty, SimpleQueue
@@ -177,19 +178,19 @@ class _Op:
 
     A sync caller's op has a ``done`` lock its thread waits on (and may be
     promoted to lead). An awaited op has instead the ``fut`` its coroutine
-    awaits on ``loop``: it is never promoted (a coroutine cannot lead), and is
-    resolved from the leading thread with ``call_soon_threadsafe``.
+    awaits, and the ``box`` of its loop: it is never promoted (a coroutine cannot
+    lead), and is resolved through the box once its batch committed.
     """
 
     __slots__ = (
-        "fn", "barrier", "result", "error", "lead", "done", "log", "trim", "incr", "loop", "fut"
+        "fn", "barrier", "result", "error", "lead", "done", "log", "trim", "incr", "box", "fut"
     )
 
     def __init__(
         self,
         fn: Callable[[sqlite3.Connection, _Op], Any],
         barrier: bool,
-        loop: asyncio.AbstractEventLoop | None = None,
+        box: _Outbox | None = None,
         fut: asyncio.Future | None = None,
     ) -> None:
         self.fn = fn
@@ -200,7 +201,7 @@ class _Op:
         self.log: tuple | None = None
         self.trim: str | None = None
         self.incr: Mapping[str, int] | None = None
-        self.loop = loop
+        self.box = box
         self.fut = fut
         self.done: LockType | None = None
         if fut is None:
@@ -215,18 +216,49 @@ class _Op:
         return self.result
 
 
-# (future, error, result) of finished awaited calls, by the loop that awaits them
-_Settled = dict[asyncio.AbstractEventLoop, list[tuple[asyncio.Future, BaseException | None, Any]]]
+class _Outbox:
+    """Results of awaited calls, finished by the store's threads, for one event loop.
 
+    A store thread appends ``(future, error, result)`` and wakes the loop only
+    if no wake-up is pending: one ``call_soon_threadsafe`` (a write to the
+    loop's self-pipe) delivers every result finished until the loop gets to
+    it, so a batch wakes the loop at most once, and under load several
+    batches share one wake-up. No lock: ``pending`` is cleared before the
+    drain takes the items, so an item appended while a wake-up is pending is
+    always taken by that drain; two threads waking at once may schedule one
+    drain too many, which finds nothing to do. A cancelled await is skipped.
+    """
 
-def _settle(items: list[tuple[asyncio.Future, BaseException | None, Any]]) -> None:
-    """On the event loop: resolve what a store thread finished (a cancelled await is skipped)."""
-    for fut, err, result in items:
-        if fut.done():
-            continue
-        if err is None:
-            fut.set_result(result)
-        else:
+    __slots__ = ("loop", "items", "pending", "__weakref__")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = weakref.ref(loop)  # the outbox lives as long as its loop, not longer
+        self.items: deque[tuple[asyncio.Future, BaseException | None, Any]] = deque()
+        self.pending = False
+
+    def wake(self) -> None:  # a store thread (or close())
+        if self.pending:
+            return
+        self.pending = True
+        loop = self.loop()
+        try:
+            if loop is None:
+                raise RuntimeError("the loop is gone")
+            loop.call_soon_threadsafe(self.drain)
+        except RuntimeError:  # the loop is closed: nobody awaits these any more
+            self.items.clear()
+            self.pending = False
+
+    def drain(self) -> None:  # the event loop
+        self.pending = False
+        items = self.items
+        while items:
+            fut, err, result = items.popleft()
+            if fut.done():
+                continue
+            if err is None:
+                fut.set_result(result)
+                continue
             try:
                 fut.set_exception(err)
             except TypeError:  # StopIteration & co. cannot travel through a future
@@ -235,13 +267,21 @@ def _settle(items: list[tuple[asyncio.Future, BaseException | None, Any]]) -> No
                 fut.set_exception(new)
 
 
-def _post(settled: _Settled) -> None:
-    """From a store thread: one wake-up per loop delivers all of that loop's results."""
-    for loop, items in settled.items():
-        try:
-            loop.call_soon_threadsafe(_settle, items)
-        except RuntimeError:  # the loop is closed: nobody awaits these any more
-            pass
+_OUTBOXES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Outbox] = (
+    weakref.WeakKeyDictionary()
+)
+_OUTBOXES_LOCK = threading.Lock()
+
+
+def _outbox(loop: asyncio.AbstractEventLoop) -> _Outbox:
+    """The outbox of ``loop`` (one per loop, shared by every store)."""
+    box = _OUTBOXES.get(loop)
+    if box is None:
+        with _OUTBOXES_LOCK:
+            box = _OUTBOXES.get(loop)
+            if box is None:
+                box = _OUTBOXES[loop] = _Outbox(loop)
+    return box
 
 
 def _writer_main(ref: weakref.ref[SQLiteSessionStore], wake: SimpleQueue) -> None:
@@ -279,12 +319,12 @@ def _reader_main(ref: weakref.ref[SQLiteSessionStore], reads: SimpleQueue) -> No
             if store is None:
                 return
             stop = False
-            settled: _Settled = {}
+            boxes: set[_Outbox] = set()
             for item in items:
                 if item is None:
                     stop = True  # close(): what was queued with it still gets its error
                     continue
-                session_id, now, loop, fut = item
+                session_id, now, box, fut = item
                 if fut.cancelled():
                     continue
                 result = err = None
@@ -301,12 +341,11 @@ def _reader_main(ref: weakref.ref[SQLiteSessionStore], reads: SimpleQueue) -> No
                         result = _record(row)
                 except Exception as exc:
                     err = exc
-                try:
-                    settled[loop].append((fut, err, result))
-                except KeyError:
-                    settled[loop] = [(fut, err, result)]
+                box.items.append((fut, err, result))
+                boxes.add(box)
             del store
-            _post(settled)
+            for box in boxes:
+                box.wake()
             if stop:
                 return
     finally:
@@ -392,7 +431,7 @@ class SQLiteSessionStore(SessionStore):
         # the threads of the awaitable twins, started on first use (see _start_writer)
         self._tlock = threading.Lock()  # guards starting them against close()
         self._wake: SimpleQueue = SimpleQueue()  # tokens: the lead is the writer thread's
-        self._reads: SimpleQueue = SimpleQueue()  # (session_id, now, loop, future) of aget
+        self._reads: SimpleQueue = SimpleQueue()  # (session_id, now, outbox, future) of aget
         self._wthread: threading.Thread | None = None
         self._rthread: threading.Thread | None = None
         self._rconn: sqlite3.Connection | None = None  # the reader thread's connection
@@ -571,19 +610,17 @@ class SQLiteSessionStore(SessionStore):
                     promoted = self._pass_lead(writer)
                 self._wlock.release()
         finally:
-            settled: _Settled = {}
+            boxes: set[_Outbox] = set()
             for op in batch:
-                fut = op.fut
-                if fut is not None:  # awaited: resolved on its loop, one wake-up per loop
+                box = op.box
+                if box is not None:  # awaited: resolved on its loop, one wake-up per loop
                     err, op.error = op.error, None
-                    try:
-                        settled[op.loop].append((fut, err, op.result))  # type: ignore[index]
-                    except KeyError:
-                        settled[op.loop] = [(fut, err, op.result)]  # type: ignore[index]
+                    box.items.append((op.fut, err, op.result))  # type: ignore[arg-type]
+                    boxes.add(box)
                 elif op is not own:
                     op.done.release()  # type: ignore[union-attr]  # acknowledged (or failed)
-            if settled:
-                _post(settled)
+            for box in boxes:
+                box.wake()
             if promoted is not None:
                 promoted.done.release()  # type: ignore[union-attr]
 
@@ -715,7 +752,7 @@ class SQLiteSessionStore(SessionStore):
         wake = self._wake if self._wthread is not None else self._start_writer()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        op = _Op(fn, barrier, loop, fut)
+        op = _Op(fn, barrier, _outbox(loop), fut)
         with self._qlock:
             if self._closed:
                 raise RuntimeError(_CLOSED)
@@ -978,7 +1015,7 @@ class SQLiteSessionStore(SessionStore):
         reads = self._reads if self._rthread is not None else self._start_reader()
         loop = asyncio.get_running_loop()
         fut = loop.create_future()
-        reads.put((session_id, now, loop, fut))
+        reads.put((session_id, now, _outbox(loop), fut))
         if self._closed and not fut.done():
             # close() may have stopped the reader before our put: never leave the await hanging
             fut.set_exception(RuntimeError(_CLOSED))
@@ -1031,16 +1068,18 @@ class SQLiteSessionStore(SessionStore):
             pending, self._queue = self._queue, []
             self._qasync = 0
             leader = self._leader
-        settled: _Settled = {}
+        boxes: set[_Outbox] = set()
         for op in pending:
             op.error = RuntimeError(
                 "SQLiteSessionStore was closed before this write ran; nothing was written"
             )
-            if op.fut is not None:
-                settled.setdefault(op.loop, []).append((op.fut, op.error, None))  # type: ignore[arg-type]
+            if op.box is not None:
+                op.box.items.append((op.fut, op.error, None))  # type: ignore[arg-type]
+                boxes.add(op.box)
             elif not op.lead:  # a promoted op's caller is awake already and finds its error
                 op.done.release()  # type: ignore[union-attr]
-        _post(settled)
+        for box in boxes:
+            box.wake()
         inside = leader == get_ident()  # called from a mutate: the leader closes after its batch
         if not inside:
             with self._wlock:  # waits for a batch in flight to commit
