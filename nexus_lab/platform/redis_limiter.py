@@ -197,9 +197,8 @@ class RedisTokenBucketLimiter(RateLimiter):
         """Take one token for ``principal`` on the running event loop (what the servers call)."""
         import redis
 
-        keys, args = self._args(principal)
         try:
-            return self._decision(await self._aclient().script(self._ascript, keys, args))
+            return self._decision(await self._aclient().script(self._ascript, *self._args(principal)))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from None
 

@@ -296,7 +296,7 @@ return n
 _Step = str | tuple[list[str], list[Any]]
 
 
-def _end_turn(turns: dict[str, deque[asyncio.Future[None]]], key: str) -> None:
+def _end_turn(turns: dict[str, deque[asyncio.Future[None]] | None], key: str) -> None:
     """Hand ``key``'s turn to its next waiter still waiting, or free it."""
     waiters = turns[key]
     while waiters:
@@ -596,15 +596,21 @@ class AsyncRedis:
         self._connecting: asyncio.Task[_Connection] | None = None
         self._closed = False
         #: per-key queues for callers that must take turns (the store's writers of a session)
-        self.turns: dict[str, deque[asyncio.Future[None]]] = {}
+        self.turns: dict[str, deque[asyncio.Future[None]] | None] = {}
 
-    async def call(self, args: tuple[Any, ...], script: LuaScript | None = None) -> Any:
-        """One command (``("HGETALL", key)``); its reply, or a ``RedisError``.
+    def call(self, *args: Any) -> Awaitable[Any]:
+        """One command (``call("HGETALL", key)``); await its reply (or a ``RedisError``)."""
+        return self._send(pack_command(args), None)
 
-        With ``script``, ``args`` is its ``EVALSHA``, and it is sent as ``EVAL`` (which caches
-        the script again) if Redis has lost it: one coroutine for both, this is the hot path.
+    def script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
+        """Run ``script`` (``EVALSHA``; loaded again first if Redis has lost it); await the reply.
+
+        The command is packed before anything is awaited: while a call waits, it holds one
+        bytes object (which the garbage collector does not track), not its argument lists.
         """
-        packed = pack_command(args)
+        return self._send(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)), script)
+
+    async def _send(self, packed: bytes, script: LuaScript | None) -> Any:
         conn = self._conn
         if conn is None or conn.broken is not None:
             conn = await self._connected()
@@ -614,15 +620,14 @@ class AsyncRedis:
             except ConnectionLostError:  # e.g. Redis restarted: once more, on a new connection
                 conn = await self._connected()
                 return await conn.send(packed)
-        except NoScriptError:  # not run: safe to send again
+        except NoScriptError:  # not run: load it, then the same EVALSHA (pipelined, in order)
             if script is None:
                 raise
             conn = await self._connected()
-            return await conn.send(pack_command(("EVAL", script.text, *args[2:])))
-
-    def script(self, script: LuaScript, keys: list[str], args: list[Any]) -> Awaitable[Any]:
-        """Run ``script`` (``EVALSHA``, or ``EVAL`` if Redis has lost it); await the reply."""
-        return self.call(("EVALSHA", script.sha, len(keys), *keys, *args), script)
+            loaded = conn.send(pack_command(("SCRIPT", "LOAD", script.text)))
+            again = conn.send(packed)
+            await loaded
+            return await again
 
     async def _connected(self) -> _Connection:
         if self._closed:
@@ -1007,26 +1012,30 @@ class RedisSessionStore(SessionStore):
                 "s": rec.state_json,
                 "v": _token(),
             }
-            args = self._pairs(
-                [
-                    h["v"],
-                    new["v"],
-                    session_id,
-                    self._ttl_ms(rec.expires_at, now),
-                    new["a"],
-                    new["e"],
-                    new["t"],
-                    new["m"],
-                    new["ch"],
-                    new["w"],
-                    new["s"],
-                    _event_text(event),  # after mutate: apply_session_update sets keys
-                    self.max_events,
-                ],
-                incr,
+            ttl_ms = self._ttl_ms(rec.expires_at, now)
+            rec = base = channels = None  # not needed any more: gone before the wait
+            # the lists are the driver's alone (not bound here), so they go once it has sent them
+            reply = yield (
+                [key, p + "e:" + session_id, self._x, self._n, p + "u:" + h["u"]],
+                self._pairs(
+                    [
+                        h["v"],
+                        new["v"],
+                        session_id,
+                        ttl_ms,
+                        new["a"],
+                        new["e"],
+                        new["t"],
+                        new["m"],
+                        new["ch"],
+                        new["w"],
+                        new["s"],
+                        _event_text(event),  # after mutate: apply_session_update sets keys
+                        self.max_events,
+                    ],
+                    incr,
+                ),
             )
-            keys = [key, p + "e:" + session_id, self._x, self._n, p + "u:" + h["u"]]
-            reply = yield keys, args
             if reply == 1:
                 self._guess(session_id, {"u": h["u"], "c": h["c"], **new}, None)
                 return result
@@ -1201,7 +1210,7 @@ class RedisSessionStore(SessionStore):
     async def aget(self, session_id: str, now: float) -> SessionRecord | None:
         self._check()
         try:
-            reply = await self._loops.get().call(("HGETALL", self.key_prefix + "s:" + session_id))
+            reply = await self._loops.get().call("HGETALL", self.key_prefix + "s:" + session_id)
         except RedisError as exc:
             raise self._unavailable(f"read of session {session_id!r}", exc) from exc
         return self._seen(session_id, _reply_hash(reply), now)
@@ -1220,12 +1229,15 @@ class RedisSessionStore(SessionStore):
         # Writers of one session on this loop take turns, as threads do on the stripe locks:
         # 200 concurrent writers would otherwise each lose ~100 rounds at Redis.
         turns = client.turns
-        waiters = turns.get(session_id)
-        if waiters is None:
-            turns[session_id] = deque()  # free: ours now
+        if session_id not in turns:
+            turns[session_id] = None  # free: ours now (a queue only once someone waits)
         else:
+            waiters = turns[session_id]
+            if waiters is None:
+                waiters = turns[session_id] = deque()
             turn = client.loop.create_future()
             waiters.append(turn)
+            del waiters
             try:
                 await turn  # handed over by the writer before us
             except asyncio.CancelledError:
@@ -1236,9 +1248,11 @@ class RedisSessionStore(SessionStore):
             step = next(steps)
             while True:
                 if step.__class__ is str:
-                    reply = _reply_hash(await client.call(("HGETALL", step)))
+                    reply = _reply_hash(await client.call("HGETALL", step))
                 else:
-                    reply = await client.script(_COMMIT_LUA, *step)
+                    pending = client.script(_COMMIT_LUA, *step)
+                    step = None  # packed: the lists can go before we wait
+                    reply = await pending
                 step = steps.send(reply)
         except StopIteration as done:
             return done.value
