@@ -249,6 +249,32 @@ def test_a_write_from_inside_mutate_is_refused_on_the_loop_too(redis_url):
         store.close()
 
 
+def test_a_loop_that_shuts_down_closes_its_connection(redis_server, redis_url):
+    """``asyncio.run`` ends: the store's connection on that loop closes with it (not whenever
+    the garbage collector finds the socket), and the next loop gets one of its own."""
+    store = open_store(redis_url)
+    probe = redis_server.client()
+
+    async def main() -> Any:
+        await store.acreate(record("a", ttl=10_000), 1000.0)
+        client = store._loops.get()
+        name = f"probe-{id(client)}"
+        await client.call("CLIENT", "SETNAME", name)
+        assert name in {c["name"] for c in probe.client_list()}
+        return client, name
+
+    try:
+        client, name = _run(main())
+        assert client._closed and client._conn is None
+        deadline = time.monotonic() + 10  # Redis notices the close on its next event loop turn
+        while name in {c["name"] for c in probe.client_list()}:
+            assert time.monotonic() < deadline, "the connection outlived its loop"
+        assert _run(store.aget("a", 1000.0)).user_id == "u"
+    finally:
+        store.close()
+        probe.close()
+
+
 def test_closed_store_refuses_the_twins(redis_url):
     store = open_store(redis_url)
     _run(store.aget("x", 1000.0))  # connected on that loop
@@ -596,6 +622,7 @@ def test_a_forked_child_connects_on_its_own(redis_url):
         assert rec.state_json == '{"child":1}'
         assert loop.run_until_complete(limiter.acheck("p")).allowed
     finally:
+        loop.run_until_complete(loop.shutdown_asyncgens())  # closes the loop's clients
         loop.close()
         store.close()
         limiter.close()

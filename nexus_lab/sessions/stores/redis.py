@@ -127,7 +127,7 @@ import os
 import threading
 import weakref
 from collections import deque
-from collections.abc import Awaitable, Callable, Generator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Generator, Mapping
 from typing import Any, NamedTuple, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit
 
@@ -595,6 +595,7 @@ class AsyncRedis:
         self._conn: _Connection | None = None
         self._connecting: asyncio.Task[_Connection] | None = None
         self._closed = False
+        self._closer: Any = None  # see close_at_shutdown
         #: per-key queues for callers that must take turns (the store's writers of a session)
         self.turns: dict[str, deque[asyncio.Future[None]] | None] = {}
 
@@ -679,9 +680,29 @@ class AsyncRedis:
         finally:
             self._connecting = None
 
+    def close_at_shutdown(self) -> None:
+        """Close when the loop shuts down, not when the garbage collector finds the socket.
+
+        ``asyncio.run`` and ``uvloop.run`` close every async generator of the loop before
+        they close it (``shutdown_asyncgens``); this one's ``finally`` closes the client.
+        Call it on the loop.
+        """
+        closer = _close_at_shutdown(self)
+        try:
+            closer.asend(None).send(None)  # to its yield: the loop's hooks now know it
+        except StopIteration:
+            pass
+        self._closer = closer  # the loop keeps a weak reference only
+
     def close(self) -> None:
         """Drop the connection (callable from any thread; the loop may be gone already)."""
         self._closed = True
+        closer, self._closer = self._closer, None
+        if closer is not None:  # finished here, so it never reaches the loop's finalizer
+            try:
+                closer.aclose().send(None)
+            except (StopIteration, RuntimeError):
+                pass
         conn, self._conn = self._conn, None
         if conn is None or self.loop.is_closed():
             return
@@ -698,6 +719,13 @@ class AsyncRedis:
                 pass
 
 
+async def _close_at_shutdown(client: AsyncRedis) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        client.close()
+
+
 def _connect_done(task: asyncio.Task[Any]) -> None:
     if not task.cancelled():
         task.exception()  # retrieved: every waiter may have given up
@@ -706,8 +734,10 @@ def _connect_done(task: asyncio.Task[Any]) -> None:
 class LoopClients:
     """One :class:`AsyncRedis` per event loop for one endpoint, per process.
 
-    A forked child starts with none (its parent's sockets are not its own); clients of loops
-    that have closed are dropped when another loop asks.
+    A client closes its connection when its loop shuts down (``asyncio.run``, ``uvloop.run``:
+    see :meth:`AsyncRedis.close_at_shutdown`); clients of loops closed otherwise are closed
+    when another loop asks. A forked child starts with none (its parent's sockets are not
+    its own).
     """
 
     def __init__(self, endpoint: Endpoint) -> None:
@@ -721,8 +751,9 @@ class LoopClients:
         client = self._clients.get(loop)
         if client is None:
             for old in [lp for lp in self._clients if lp.is_closed()]:
-                del self._clients[old]
+                self._clients.pop(old).close()
             client = self._clients[loop] = AsyncRedis(self.endpoint, loop)
+            client.close_at_shutdown()
         return client
 
     def close(self) -> None:
@@ -730,11 +761,15 @@ class LoopClients:
         for client in clients:
             client.close()
 
-    def _forget(self) -> None:  # in a forked child: the parent's connections stay the parent's
+    def _forget(self) -> None:
+        """In a forked child: the parent's connections stay the parent's. Kept referenced,
+        never collected here: closing them could touch the parent's event loop state."""
+        _PARENTS.extend(self._clients.values())
         self._clients = {}
 
 
 _LOOP_CLIENTS: weakref.WeakSet[LoopClients] = weakref.WeakSet()
+_PARENTS: list[AsyncRedis] = []  # in a forked child: its parent's clients (see _forget)
 
 
 def _reply_hash(reply: list[str]) -> dict[str, str]:
