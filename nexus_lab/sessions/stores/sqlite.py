@@ -33,12 +33,14 @@ several processes (uvicorn workers, a CLI, a notebook) can share one file.
   leads group commits whenever awaited writes wait and no thread leads (an
   awaiting coroutine cannot lead: leading blocks), and a *reader* thread
   that runs whatever reads are queued back to back on its own connection
-  (one thread: more readers only trade the GIL). Each batch wakes each loop
-  once (one ``call_soon_threadsafe`` resolving all of its futures), instead
-  of one worker-thread hop per call. Sync and awaited writes share the queue
-  and the batches. A cancelled ``aupdate``/``acreate``/``adelete`` does not
-  withdraw its write: it was queued when the call started and commits (or
-  fails) with its batch, exactly once; only its result is dropped.
+  (one thread: more readers only trade the GIL). A batch wakes each loop at
+  most once (one ``call_soon_threadsafe`` resolving all of its futures, or
+  none if a wake-up is already pending), instead of one worker-thread hop
+  per call. Sync and awaited writes share the queue and the batches. A
+  cancelled ``aupdate``/``acreate``/``adelete`` does not withdraw its write:
+  it was queued when the call started and commits (or fails) with its batch,
+  exactly once; only its result is dropped. ``close()`` fails queued awaits
+  with a ``RuntimeError`` (never leaves one hanging) and stops the threads.
 * Fork safe: a forked child starts with fresh locks and opens its own
   connections; it never uses or closes the parent's, and starts its own
   threads on its first awaited call (the parent's do not exist in it).
@@ -911,7 +913,9 @@ class SQLiteSessionStore(SessionStore):
         event: SessionEvent | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
-        """:meth:`update`, committed by the writer thread's batch: ``mutate`` runs there."""
+        """:meth:`update`, committed by the writer thread's batch: ``mutate`` runs there.
+
+        Cancelling the await does not withdraw the write (see the module docs)."""
         return await self._asubmit(
             self._update_op(session_id, mutate, now, event, incr), barrier=False
         )
