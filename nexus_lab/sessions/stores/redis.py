@@ -93,12 +93,19 @@ loop without blocking it:
   chunk read resolves every reply it holds, in order. Per command that is a
   few microseconds of Python, no thread hop and no lock (measured: ~4 us, where
   ``redis.asyncio`` took ~75 us and a batching I/O thread ~19 us). The rate
-  limiter's ``acheck`` uses the same client class.
+  limiter's ``acheck`` uses the same client class. (Sharing one connection
+  between the store and the limiter was tried: no measurable gain.)
+* **Little held while waiting.** A command is packed before its caller waits,
+  and the update drops its working copies first: with 32 requests waiting on
+  Redis at once, what each keeps alive is what makes the garbage collector run.
+  The guess keeps the record parsed, so a read of the version this store last
+  wrote, and the update after it, copy it instead of parsing the hash again.
 * **The same algorithm.** ``update`` and ``aupdate`` drive one generator
   (``_update_steps``: guess, mutate, version-checked commit, retry) that yields
   the Redis calls it needs; the scripts, keys, arguments, tokens and TTLs are
   built by the same helpers. Writers of one session on one loop take turns
-  (a queue per session id), as threads do on the stripe locks.
+  (a queue per session, made once a second writer waits), as threads do on
+  the stripe locks.
 * **Failures.** A command waits at most ``socket_timeout`` for the next reply
   (one watchdog timer per connection, not one per command), then every command
   in flight fails with ``ServiceUnavailable`` ("may or may not have been
@@ -106,9 +113,12 @@ loop without blocking it:
   replaced and each command sent once more (the tokens make a repeated write
   count once), as redis-py's one retry does; a refused connect fails at once.
   The next call connects again, so the store recovers by itself. A script the
-  server lost (a restart, ``SCRIPT FLUSH``) is sent again with ``EVAL``.
-* **Processes.** Connections are made on first use in each process (a forked
-  child drops its parent's), so ``nexus serve --workers N`` needs nothing more.
+  server lost (a restart, ``SCRIPT FLUSH``) is loaded again (``SCRIPT LOAD``,
+  pipelined just before the same ``EVALSHA``).
+* **Processes and loops.** Connections are made on first use in each process
+  (a forked child leaves its parent's alone), so ``nexus serve --workers N``
+  needs nothing more; a loop's connection closes when the loop shuts down
+  (``asyncio.run``, ``uvloop.run``).
 
 Example::
 
@@ -411,7 +421,7 @@ def _reply_error(message: str) -> RedisError:
 
 
 class LuaScript(NamedTuple):
-    """A script's text and SHA1: sent as ``EVALSHA``, and as ``EVAL`` once if Redis lacks it."""
+    """A script's text and SHA1: sent as ``EVALSHA``, loaded again if Redis has lost it."""
 
     text: str
     sha: str
@@ -515,7 +525,10 @@ class _Connection(asyncio.Protocol):
     def _flush(self) -> None:
         out, self._out = self._out, []
         if self.broken is None and out:
-            self._transport.write(b"".join(out))
+            try:
+                self._transport.write(b"".join(out))
+            except Exception as exc:  # the transport is closing: fail the waiters now
+                self._fail(ConnectionLostError(f"Connection to {self._where} lost: {exc}"))
 
     # -- asyncio.Protocol
     def connection_made(self, transport: Any) -> None:
@@ -662,6 +675,8 @@ class AsyncRedis:
                 raise RedisConnectionError(
                     f"Error {exc.errno} connecting to {ep.where}. {exc.strerror or exc}."
                 ) from None
+            except Exception as exc:  # e.g. a TLS option redis-py refuses: a failed connect too
+                raise RedisConnectionError(f"Error connecting to {ep.where}: {exc}") from None
             hello = []
             if ep.password:
                 auth = ("AUTH", ep.username, ep.password) if ep.username else ("AUTH", ep.password)
@@ -743,6 +758,7 @@ class LoopClients:
     def __init__(self, endpoint: Endpoint) -> None:
         self.endpoint = endpoint
         self._clients: dict[asyncio.AbstractEventLoop, AsyncRedis] = {}
+        self._lock = threading.Lock()  # loops of several threads may attach at once
         _LOOP_CLIENTS.add(self)
 
     def get(self) -> AsyncRedis:
@@ -750,14 +766,20 @@ class LoopClients:
         loop = asyncio.get_running_loop()
         client = self._clients.get(loop)
         if client is None:
+            client = self._attach(loop)
+        return client
+
+    def _attach(self, loop: asyncio.AbstractEventLoop) -> AsyncRedis:
+        with self._lock:
             for old in [lp for lp in self._clients if lp.is_closed()]:
                 self._clients.pop(old).close()
             client = self._clients[loop] = AsyncRedis(self.endpoint, loop)
-            client.close_at_shutdown()
+        client.close_at_shutdown()
         return client
 
     def close(self) -> None:
-        clients, self._clients = list(self._clients.values()), {}
+        with self._lock:
+            clients, self._clients = list(self._clients.values()), {}
         for client in clients:
             client.close()
 
@@ -766,6 +788,7 @@ class LoopClients:
         never collected here: closing them could touch the parent's event loop state."""
         _PARENTS.extend(self._clients.values())
         self._clients = {}
+        self._lock = threading.Lock()  # a parent thread may have held it at fork time
 
 
 _LOOP_CLIENTS: weakref.WeakSet[LoopClients] = weakref.WeakSet()
