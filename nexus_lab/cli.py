@@ -639,6 +639,9 @@ def serve(
         if workers > 1 and sockets is None:
             _supervise(app, workers, stop, _worker_args(click.get_current_context()))
             return
+        from .platform.server import tune_gc_for_serving
+
+        tune_gc_for_serving()  # this process only serves from here on (see its docstring)
         try:
             app.start(block=False, sockets=sockets)
         except Exception as exc:

@@ -77,8 +77,11 @@ async def echo(query: str) -> dict:
 
 
 def whoami() -> dict:
-    """The pid of the worker that ran the call (no session)."""
-    return {"pid": os.getpid()}
+    """The pid of the worker that ran the call (no session), and its collector settings."""
+    import gc
+
+    return {"pid": os.getpid(), "gc_threshold": gc.get_threshold()[0],
+            "gc_frozen": gc.get_freeze_count()}
 
 
 def scale_app() -> Any:

@@ -363,6 +363,18 @@ def test_workers_without_a_shared_store_are_refused_with_the_reason(tmp_path):
     assert "rate limit would be counted per worker" in line and "--sessions" not in line, line
 
 
+def test_nexus_serve_tunes_the_garbage_collector_of_the_serving_process(procs):
+    """``nexus serve`` freezes what loading the app built and collects the young generation
+    less often (server.tune_gc_for_serving); the call runs in the serving process."""
+    host = procs.add(NexusServe()).start()
+    with client(host.api_url) as c:
+        r = c.post(WHOAMI, json={"inputs": {}})
+    assert r.status_code == 200, r.text
+    out = r.json()["outputs"]
+    assert out["pid"] == host.pid
+    assert out["gc_threshold"] >= 7000 and out["gc_frozen"] > 0, out
+
+
 @pytest.mark.redis
 def test_two_workers_serve_api_and_mcp_from_two_pids_with_one_exact_rate_limit(
         procs, redis_bin, redis_store):
