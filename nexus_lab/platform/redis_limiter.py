@@ -11,11 +11,11 @@ in all, then 429 with ``Retry-After``.
   so two hosts can never both take the last token; the time is the Redis
   server's (``TIME``), so hosts with skewed clocks agree.
 * The servers call :meth:`RedisTokenBucketLimiter.acheck` on their event loop: no
-  blocking call on the loop. It sends the script through the session store's
-  auto-pipelined client (one connection per loop; what every concurrent request
-  sends in one loop iteration leaves in one write, see
-  ``nexus_lab/sessions/stores/redis.py``), a few microseconds of Python per
-  check. :meth:`check` is the sync twin for code that has no loop.
+  blocking call on the loop. It sends the script through the auto-pipelined
+  client the session store uses too (one connection per loop; what every
+  concurrent request sends in one loop iteration leaves in one write, see
+  ``nexus_lab/sessions/stores/_redis_async.py``), a few microseconds of Python
+  per check. :meth:`check` is the sync twin for code that has no loop.
 * Redis unreachable: the check raises
   :class:`~nexus_lab.errors.ServiceUnavailable` (HTTP 503) naming the server
   (never its password). The limit fails closed: an outage must not turn into
@@ -158,7 +158,7 @@ class RedisTokenBucketLimiter(RateLimiter):
     def _make_loops(self) -> Any:
         import redis
 
-        from ..sessions.stores.redis import Endpoint, LoopClients, LuaScript
+        from ..sessions.stores._redis_async import Endpoint, LoopClients, LuaScript
 
         with self._lock:
             if self._loops is None:
