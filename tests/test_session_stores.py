@@ -761,6 +761,50 @@ def test_sqlite_reads_do_not_wait_for_a_write_in_flight(tmp_path):
         store.close()
 
 
+def test_sqlite_group_commit_an_update_whose_statement_fails_undoes_only_itself(tmp_path):
+    """An update's UPDATE that SQLite refuses (a trigger's RAISE(ABORT) here) fails that
+    write alone: the others of its group commit, their events and counters are stored."""
+    store = SQLiteSessionStore(tmp_path / "t.db")
+    try:
+        store.create(record("gate", ttl=10_000), 1000.0)
+        for i in range(6):
+            store.create(record(f"s{i}", ttl=10_000), 1000.0)
+        with sqlite3.connect(tmp_path / "t.db") as db:
+            db.execute("CREATE TRIGGER refuse_s2 BEFORE UPDATE ON nexus_sessions "
+                       "WHEN NEW.session_id = 's2' BEGIN SELECT RAISE(ABORT, 'refused s2'); END")
+        thread, release, _ = _gate(store, "gate")
+        results: dict[int, object] = {}
+
+        def write(i: int) -> None:
+            def mutate(rec: SessionRecord) -> int:
+                rec.state_json = json.dumps({"i": i})
+                return i
+
+            try:
+                results[i] = store.update(
+                    f"s{i}", mutate, 1000.0, SessionEvent(1000.0, "api", "update", ("i",)), {"op": 1}
+                )
+            except Exception as exc:
+                results[i] = exc
+
+        writers = [threading.Thread(target=write, args=(i,)) for i in range(6)]
+        for w in writers:
+            w.start()
+        wait_until(lambda: len(store._queue) == 6, "6 writers queued behind the gate")
+        release.set()
+        thread.join()
+        for w in writers:
+            w.join()
+        assert isinstance(results[2], sqlite3.IntegrityError) and "refused s2" in str(results[2])
+        assert {i: results[i] for i in range(6) if i != 2} == {i: i for i in range(6) if i != 2}
+        for i in range(6):
+            assert store.get(f"s{i}", 1000.0).state_json == ("{}" if i == 2 else json.dumps({"i": i}))
+            assert len(store.events(f"s{i}", 1000.0)) == (0 if i == 2 else 1)
+        assert store.counters()["op"] == 5
+    finally:
+        store.close()
+
+
 def test_sqlite_group_commit_one_failing_op_rolls_back_alone(tmp_path):
     store = SQLiteSessionStore(tmp_path / "g.db")
     statements: list[str] = []
@@ -802,12 +846,12 @@ def test_sqlite_group_commit_one_failing_op_rolls_back_alone(tmp_path):
             assert got == ("{}" if i == 3 else json.dumps({"i": i}))
             assert len(store.events(f"s{i}", 1000.0)) == (0 if i == 3 else 1)
         assert store.counters()["op"] == 7
-        # the 8 writes went into one transaction, the failing one inside its own savepoint
+        # the 8 writes went into one transaction, which the failing one did not undo
         begins = [n for n, sql in enumerate(statements) if sql == "BEGIN IMMEDIATE"]
         assert len(begins) == 1, statements
         batch = statements[begins[0] :]
-        assert batch.count("SAVEPOINT nexus_op") == 8 and batch.count("RELEASE nexus_op") == 8
-        assert batch.count("ROLLBACK TO nexus_op") == 1 and batch[-1] == "COMMIT"
+        assert batch[-1] == "COMMIT" and not any(sql.startswith("ROLLBACK") for sql in batch)
+        assert sum(sql.startswith("UPDATE nexus_sessions") for sql in batch) == 7, batch
     finally:
         store.close()
 

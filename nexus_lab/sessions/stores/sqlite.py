@@ -10,9 +10,11 @@ several processes (uvicorn workers, a CLI, a notebook) can share one file.
   (which group commit shares among the writers waiting).
 * **Group commit.** Writers of one store object do not take turns on the file
   lock: the first writer to arrive becomes the *leader*, takes every write
-  waiting at that moment and runs them in ONE ``BEGIN IMMEDIATE ... COMMIT``,
-  each inside its own ``SAVEPOINT`` (a write whose ``mutate`` raises rolls
-  back only itself, and its caller gets the exception). Every caller is
+  waiting at that moment and runs them in ONE ``BEGIN IMMEDIATE ... COMMIT``;
+  a write that fails undoes only itself, and its caller gets the exception
+  (an update's one ``UPDATE`` is the last thing it does, after ``mutate``,
+  and SQLite undoes a failed statement by itself; creates and deletes, which
+  write several statements, each run inside their own ``SAVEPOINT``). Every caller is
   acknowledged only after the ``COMMIT`` returned. The leader then hands the
   role to the next waiting writer, so nobody leads for long. With one writer
   this is exactly one transaction per write. The sync methods start no thread.
@@ -677,7 +679,20 @@ class SQLiteSessionStore(SessionStore):
                     op.error = exc
             else:
                 for op in batch:
-                    if op.barrier and (logs or counts):
+                    if not op.barrier:
+                        # update/incr: at most one statement, their last step, so a failing one
+                        # wrote nothing (see _update_op): no savepoint, two statements saved
+                        try:
+                            op.result = op.fn(conn, op)
+                        except Exception as exc:
+                            op.error = exc
+                            if not conn.in_transaction:  # SQLite rolled everything back
+                                raise
+                        else:
+                            ok += 1
+                            self._collect(op, logs, trims, counts)
+                        continue
+                    if logs or counts:
                         self._flush(conn, logs, trims, counts)
                     conn.execute("SAVEPOINT nexus_op")
                     try:
@@ -935,19 +950,16 @@ class SQLiteSessionStore(SessionStore):
             rec = _record(row)
             result = mutate(rec)
             seq = row[10] + (1 if event is not None else 0)
-            conn.execute(
-                _PUT,
-                (
-                    rec.last_accessed,
-                    rec.expires_at,
-                    rec.ttl,
-                    rec.metadata_json,
-                    encode_json(rec.channels),
-                    encode_json(rec.writers),
-                    rec.state_json,
-                    seq,
-                    session_id,
-                ),
+            params = (
+                rec.last_accessed,
+                rec.expires_at,
+                rec.ttl,
+                rec.metadata_json,
+                encode_json(rec.channels),
+                encode_json(rec.writers),
+                rec.state_json,
+                seq,
+                session_id,
             )
             if event is not None:  # written by the batch, with the other updates' events
                 me.log = (
@@ -960,6 +972,10 @@ class SQLiteSessionStore(SessionStore):
                 if seq % _TRIM_EVERY == 0:
                     me.trim = session_id
             me.incr = incr
+            # the op's only write, and the last thing in it that can fail: an update that
+            # raises has written nothing (SQLite undoes a failed statement by itself), so it
+            # needs no savepoint of its own in a group commit
+            conn.execute(_PUT, params)
             return result
 
         return op
