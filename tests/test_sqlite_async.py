@@ -281,7 +281,8 @@ def test_awaited_writes_share_group_commits(tmp_path):
         begins = [n for n, sql in enumerate(statements) if sql == "BEGIN IMMEDIATE"]
         assert len(begins) == 1, statements  # the gate's BEGIN came before the trace was set
         batch = statements[begins[0] :]
-        assert batch.count("SAVEPOINT nexus_op") == 50 and batch[-1] == "COMMIT"
+        assert batch[-1] == "COMMIT" and batch.count("COMMIT") == 1
+        assert sum(sql.startswith("UPDATE nexus_sessions") for sql in batch) == 50, batch
 
         # without a gate too: many awaited writes at once take fewer transactions than writes
         statements.clear()
