@@ -281,6 +281,7 @@ class _HTTPConnection(asyncio.Protocol):
         self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.buf = bytearray()
         self.lost: BaseException | None = None
+        self.due = math.inf  # when the answer in flight is late (see _Load._watch)
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
@@ -362,6 +363,7 @@ class _Load:
         self.main: asyncio.Task[None] | None = None
         self.client: Any = None
         self.deadline = math.inf
+        self.conns: set[_HTTPConnection] = set()  # what the watchdog looks after
 
     # -- run ---------------------------------------------------------------------------
     async def run(self) -> None:
@@ -380,15 +382,29 @@ class _Load:
             self.t0 = time.perf_counter()
             self.deadline = self.t0 + self.duration if self.duration else math.inf
             self.tasks = [asyncio.ensure_future(worker(request)) for _ in range(self.concurrency)]
+            watch = asyncio.ensure_future(self._watch())
             try:
                 await asyncio.gather(*self.tasks)
             finally:
+                watch.cancel()
                 for task in self.tasks:
                     task.cancel()
                 await asyncio.gather(*self.tasks, return_exceptions=True)
                 self.t_end = time.perf_counter()
         finally:
             await self.client.aclose()
+
+    async def _watch(self) -> None:
+        """Close the connections whose answer is overdue (``timeout``), checked a few times a
+        second; the worker waiting on one records a timeout and goes on."""
+        every = min(0.25, self.timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = time.perf_counter()
+            for conn in [c for c in self.conns if c.due <= now]:
+                conn.close()
+            self.conns = {c for c in self.conns if c.lost is None and c.transport is not None
+                          and not c.transport.is_closing()}
 
     def cancel(self) -> None:
         """Stop issuing and cancel everything in flight (call it on the loop thread)."""
@@ -451,15 +467,18 @@ class _Load:
                         conn = None
                         return
                 started = time.perf_counter()
-                timer = loop.call_later(self.timeout, conn.close)  # a hung answer frees the worker
+                # a hung answer frees the worker: the run's watchdog closes a connection past
+                # its due time (one timer per run, not one per request: this loop is hot)
+                conn.due = started + self.timeout
+                self.conns.add(conn)
                 try:
                     status, body = await conn.request(request)
-                except OSError:  # reset, or closed by the timer above
+                except OSError:  # reset, or closed by the watchdog
                     timed_out = time.perf_counter() - started >= self.timeout
                     self._record(started, False, "timeout" if timed_out else "connection_error", None)
                     continue
                 finally:
-                    timer.cancel()
+                    conn.due = math.inf
                 if 200 <= status < 300:
                     self._record(started, True, None, status)
                 else:
