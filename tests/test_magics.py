@@ -7,6 +7,7 @@ once the agent has started (an event the agent sets).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -1114,6 +1115,32 @@ def test_run_bench_refuses_other_hosts():
     with pytest.raises(ConfigError, match="loopback"):
         run_bench("http://example.com", "assistant")
     assert new_threads(before) == []
+
+
+def test_run_bench_times_out_a_hung_answer_and_goes_on():
+    """An answer that does not come within ``timeout`` is a ``timeout`` error (the run's
+    watchdog closes its connection) and the worker goes on with the next request."""
+    from nexus_lab import Nexus, deploy_multi_channel
+    from nexus_lab.jupyter.bench import run_bench
+
+    calls = []
+
+    async def slow(query: str) -> dict:
+        calls.append(query)
+        if len(calls) > 1:  # the first (uncounted) call answers; the counted ones hang
+            await asyncio.sleep(30)
+        return {"response": query}
+
+    app = Nexus(api_port=0, mcp_port=0, auto_discovery=False)
+    deploy_multi_channel(slow, app, "slow", timeout=2)  # the server gives up later than the bench
+    app.start(block=False)
+    try:
+        result = run_bench(app, "slow", {"query": "hi"}, requests=3, concurrency=1, timeout=0.3)
+    finally:
+        app.close()
+    assert result.requests == 3 and result.errors == 3, result
+    assert result.error_counts == {"timeout": 3}, result.error_counts
+    assert len(calls) == 4  # the worker went on after each timeout, on a new connection
 
 
 def test_bench_interrupted_leaves_nothing_behind(ip):
