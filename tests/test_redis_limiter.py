@@ -99,6 +99,40 @@ def test_a_platform_with_a_redis_limit_answers_429_across_two_apps(make_app, ser
     assert c1.get("/health").status_code == 200
 
 
+def test_a_call_over_the_redis_limit_runs_nothing_even_though_its_check_overlaps_the_read(
+        make_app, serve, redis_url):
+    """The API starts the shared limiter's check without waiting and reads the session
+    meanwhile (one round trip to Redis): a refused call still runs no agent, writes nothing,
+    records no sample, and answers 429 before any other refusal of its own."""
+    from nexus_lab import NexusSessionManager, deploy_with_sessions
+
+    calls = []
+
+    async def agent(query: str) -> dict:
+        calls.append(query)
+        return {"response": query}
+
+    app = make_app(rate_limit=3, rate_limit_store=redis_url, enable_monitoring=True)
+    manager = NexusSessionManager(cleanup_interval=300, store=redis_url)
+    deploy_with_sessions(agent, app, "echo", manager)
+    client = serve(app)
+    sid = manager.create_session("anonymous").session_id
+    answers = [client.post("/api/workflows/echo/execute",
+                           json={"inputs": {"query": f"q{i}"}, "session_id": sid}) for i in range(5)]
+    ok = [r for r in answers if r.status_code == 200]
+    refused = [r for r in answers if r.status_code != 200]
+    assert len(ok) == 3 and len(calls) == 3, [r.status_code for r in answers]
+    assert all(r.status_code == 429 and r.headers["Retry-After"] for r in refused)
+    assert all(r.headers["X-RateLimit-Limit"] == "3" for r in answers)
+    assert manager.get_session_state(sid)["turns"] == 3  # the refused calls wrote nothing
+    assert app.metrics.get_summary("workflow:echo")["count"] == 3  # and left no sample
+    # over the limit, a bad body is still a 429 first, as with the in-process limiter
+    bad = client.post("/api/workflows/echo/execute", json={"inputs": {"nope": 1}})
+    assert bad.status_code == 429, bad.text
+    assert client.post("/api/workflows/missing/execute", json={"inputs": {}}).status_code == 429
+    manager.close()
+
+
 def test_a_redis_limit_needs_a_rate_and_a_redis_url(make_app, redis_url):
     with pytest.raises(ConfigError, match="rate_limit"):
         make_app(rate_limit_store=redis_url)

@@ -471,11 +471,17 @@ class Nexus:
         thread, an async one is awaited on the loop, and a blocking session store
         (SQLite) is called from a worker thread, never from the loop.
         """
+        guard = _guard()
         if started is None:
-            started = _request_started() or time.perf_counter()
+            started = guard.request_started.get() or time.perf_counter()
+        # the request's rate-limit check, when the guard left it in flight (a shared limiter):
+        # settled before the agent runs, so that only reads happen before it is decided
+        admission = guard.pending_admission.get()
         dep = self._lookup(name, channel)
         timeout = dep.timeout or self.execution_timeout
         if not dep.compiled.is_async:
+            if admission is not None:
+                await guard.settle_rate(admission)
             ticket = _Ticket()
             pool = self._worker_pool()
             call = pool.run(
@@ -513,6 +519,12 @@ class Nexus:
             value = error = None
             try:
                 if step[0] is _AGENT:
+                    if admission is not None:
+                        try:
+                            await guard.settle_rate(admission)
+                        except BaseException:
+                            flow.close()  # refused before its agent: nothing runs or is recorded
+                            raise
                     if timeout is None:
                         value = await dep.acall(step[2], step[3])
                     else:
@@ -661,10 +673,10 @@ class Nexus:
                     raise
         except ExecutionTimeout:
             raise  # recorded where the caller was told (see _timed_out)
-        except BaseException:
-            # a call refused before its agent ran (bad input, unknown session) is a client
-            # error, not a sample of how long calls take
-            if self.enable_monitoring and reached:
+        except BaseException as exc:
+            # a call refused before its agent ran (bad input, unknown session, the rate limit:
+            # the flow is closed then) is a client error, not a sample of how long calls take
+            if self.enable_monitoring and reached and not isinstance(exc, GeneratorExit):
                 self._record(dep.name, channel, time.perf_counter() - started, agent_seconds, False)
             raise
         elapsed = time.perf_counter() - started
@@ -1035,11 +1047,18 @@ else:  # pragma: no cover - Python 3.10
             handle.cancel()
 
 
-def _request_started() -> float | None:
-    """When the HTTP/MCP request being served reached the platform (set by the guard)."""
-    from . import guard
+_GUARD: Any = None
 
-    return guard.request_started.get()
+
+def _guard() -> Any:
+    """The guard module (imported on first use: ``import nexus_lab`` stays light)."""
+    global _GUARD
+    if _GUARD is None:
+        from . import guard
+
+        _GUARD = guard
+    return _GUARD
+
 
 
 #: Agent attributes that change what a deployment shows (its description, MCP tool metadata).

@@ -22,7 +22,10 @@ the same way, so this module holds the one implementation, in layers:
   against DNS rebinding and other sites' pages); then, when auth or a rate
   limit is on, it applies :func:`guard_request`, answers 401/429 itself,
   leaves the principal in ``scope["nexus.principal"]`` and
-  :data:`current_principal`, and adds the rate-limit headers to the response;
+  :data:`current_principal`, and adds the rate-limit headers to the response.
+  For the API's execute endpoint a shared limiter's check (Redis) is started and
+  left in the scope instead of awaited (:func:`settle_rate`): its command goes
+  to Redis together with the call's session read;
 * request bodies: :func:`require_json_body` (415 for anything but JSON) and
   :func:`parse_json` (strict UTF-8, no NaN, nesting bounded by
   ``max_json_depth`` before the parser recurses: 400 naming the limit);
@@ -110,6 +113,9 @@ __all__ = [
     "PRINCIPAL_SCOPE_KEY",
     "STARTED_SCOPE_KEY",
     "RESPONSE_HEADERS_SCOPE_KEY",
+    "RATE_PENDING_SCOPE_KEY",
+    "pending_admission",
+    "settle_rate",
 ]
 
 #: ASGI scope key where :class:`GuardMiddleware` stores the caller's principal.
@@ -117,6 +123,14 @@ PRINCIPAL_SCOPE_KEY = "nexus.principal"
 #: ASGI scope key where :class:`GuardMiddleware` leaves the headers (ASGI pairs) the
 #: response must carry, for an inner app with ``adds_guard_headers = True``.
 RESPONSE_HEADERS_SCOPE_KEY = "nexus.response_headers"
+#: ASGI scope key where :class:`GuardMiddleware` leaves a shared limiter's check it started
+#: but did not await (for an inner app with ``adds_guard_headers``: see :func:`settle_rate`).
+RATE_PENDING_SCOPE_KEY = "nexus.rate_pending"
+#: The request's rate-limit check still in flight (set by the API's execute endpoint from
+#: ``scope[RATE_PENDING_SCOPE_KEY]``): :meth:`Nexus.aexecute` awaits it before the agent runs.
+pending_admission: contextvars.ContextVar[Any] = contextvars.ContextVar(
+    "nexus_pending_admission", default=None
+)
 #: ASGI scope key where :class:`GuardMiddleware` stores when the request arrived
 #: (a ``time.perf_counter()`` value).
 STARTED_SCOPE_KEY = "nexus.started"
@@ -609,7 +623,10 @@ class GuardMiddleware:
                 await self.app(scope, receive, send)
                 return
             try:
-                principal, extra = await self._admit(nexus, authorization, api_key, scope.get("client"))
+                principal, extra = await self._admit(
+                    nexus, authorization, api_key, scope.get("client"),
+                    scope if self.inner_adds_headers else None,
+                )
             except NexusError as exc:
                 await error_response(exc, jsonrpc=self.jsonrpc_errors)(scope, receive, send)
                 return
@@ -639,12 +656,22 @@ class GuardMiddleware:
 
     @staticmethod
     async def _admit(
-        nexus: Nexus, authorization: bytes | None, api_key: bytes | None, client: Any
-    ) -> tuple[str | None, list[tuple[bytes, bytes]]]:
+        nexus: Nexus,
+        authorization: bytes | None,
+        api_key: bytes | None,
+        client: Any,
+        scope: Scope | None = None,
+    ) -> tuple[str | None, list[tuple[bytes, bytes]] | None]:
         """:func:`aguard_request` on the raw header values: ``(principal, rate-limit headers)``.
 
         Raises :class:`AuthenticationError` (401, after a token of the client
         address is taken) or :class:`RateLimitExceeded` (429).
+
+        With ``scope`` (an inner app that settles the decision itself, see
+        :func:`settle_rate`) a shared limiter's check (Redis) is started, not
+        awaited: it is left in ``scope[RATE_PENDING_SCOPE_KEY]`` and the headers
+        returned are ``None``. Its command then travels to Redis with the
+        request's session read, one round trip instead of two in a row.
         """
         auth = nexus.auth
         principal = None
@@ -665,10 +692,30 @@ class GuardMiddleware:
             return principal, []
         key = principal if principal is not None else _client_host(client)
         acheck = getattr(limiter, "acheck", None)
+        if acheck is not None and scope is not None:
+            import asyncio
+
+            scope[RATE_PENDING_SCOPE_KEY] = asyncio.ensure_future(acheck(key))
+            return principal, None
         decision = await acheck(key) if acheck is not None else limiter.check(key)
         if not decision.allowed:
             _rate_headers(decision)  # raises RateLimitExceeded with its headers
         return principal, decision.raw_headers()
+
+
+async def settle_rate(pending: Any) -> list[tuple[bytes, bytes]]:
+    """The rate-limit headers of a request whose check the guard started (its
+    ``scope[RATE_PENDING_SCOPE_KEY]``), once it is decided; raises
+    :class:`RateLimitExceeded` (429) or :class:`ServiceUnavailable` (503, Redis down).
+
+    An app that gets such a request must settle it before it answers anything
+    and before the call has any effect (the platform awaits it before the agent
+    runs, see :data:`pending_admission`); it may read (pure reads) meanwhile.
+    """
+    decision = await pending
+    if not decision.allowed:
+        _rate_headers(decision)  # raises RateLimitExceeded with its headers
+    return decision.raw_headers()
 
 
 def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

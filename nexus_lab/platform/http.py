@@ -68,6 +68,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import json
 import logging
@@ -97,13 +98,16 @@ from ..errors import (
 )
 from .guard import (
     PRINCIPAL_SCOPE_KEY,
+    RATE_PENDING_SCOPE_KEY,
     RESPONSE_HEADERS_SCOPE_KEY,
     STARTED_SCOPE_KEY,
     GuardMiddleware,
     error_response,
     parse_json,
+    pending_admission,
     require_json_body,
     require_json_content,
+    settle_rate,
 )
 from .openapi import OpenAPICache, check_input_types
 from .security import HTTPPolicy
@@ -314,6 +318,10 @@ class ExecuteEndpoint:
     :class:`_APIApp` also calls it directly behind the guard, skipping
     Starlette's middleware stack and route matching for this one path.
     The guard's rate-limit headers are appended here (``adds_guard_headers``).
+    With a shared limiter (Redis) the guard only starts the check
+    (``scope[RATE_PENDING_SCOPE_KEY]``): the call reads its session meanwhile,
+    :meth:`Nexus.aexecute` settles the check before the agent runs, and every
+    answer waits for it (a refusal answers 429 before any other error).
     """
 
     adds_guard_headers = True
@@ -325,15 +333,31 @@ class ExecuteEndpoint:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         extra = scope.get(RESPONSE_HEADERS_SCOPE_KEY) or ()
+        # a shared limiter's check the guard started: decided before any answer, and before
+        # the agent runs (aexecute awaits it); the session read goes to Redis with it
+        pending = scope.get(RATE_PENDING_SCOPE_KEY)
+        token = None if pending is None else pending_admission.set(pending)
+        error: NexusError | None = None
+        body = b""
         try:
             body = await self._execute(scope, receive)
         except NexusError as exc:
-            await self._send_error(exc, extra, scope, receive, send)
-            return
+            error = exc
         except ClientDisconnect:
+            if pending is not None:
+                await asyncio.gather(pending, return_exceptions=True)  # retrieved, not lost
             return  # nobody is listening any more
         except Exception as exc:
             error = _internal_error(exc, f"POST {scope.get('path')}")
+        finally:
+            if token is not None:
+                pending_admission.reset(token)
+        if pending is not None:
+            try:
+                extra = await settle_rate(pending)
+            except NexusError as exc:  # over the limit (429) or the limiter is down (503)
+                error, extra = exc, ()
+        if error is not None:
             await self._send_error(error, extra, scope, receive, send)
             return
         headers = [(b"content-type", b"application/json"), (b"content-length", b"%d" % len(body))]
