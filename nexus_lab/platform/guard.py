@@ -519,14 +519,34 @@ def guard_request(app: Nexus, headers: Mapping[str, str] | list, client: Any = N
 
 async def aguard_request(app: Nexus, headers: Mapping[str, str] | list, client: Any = None) -> GuardResult:
     """:func:`guard_request` for the servers' event loop (the rate limit is awaited)."""
+    principal = await _aauthenticate(
+        app, _header(headers, "authorization"), _header(headers, "x-api-key"), client
+    )
+    return GuardResult(principal, await acheck_rate(app, rate_key(principal, client)))
+
+
+async def _aauthenticate(
+    app: Nexus, authorization: str | None, api_key: str | None, client: Any
+) -> str | None:
+    """The principal of the key given (None without auth); a missing or wrong key is a 401
+    that costs a token of the client address, so it may be a 429 instead."""
+    auth = app.auth
+    if auth is None:
+        return None
     try:
-        principal = authenticate_request(app, headers, client)
+        return auth.authenticate(authorization, api_key)
     except AuthenticationError as exc:
         extra = await acheck_rate(app, rate_key(None, client))
         if not extra:
             raise
         raise AuthenticationError(exc.message, rate_limit_headers=extra) from None
-    return GuardResult(principal, await acheck_rate(app, rate_key(principal, client)))
+
+
+def _allowed_headers(decision: Any) -> list[tuple[bytes, bytes]]:
+    """The rate-limit headers (ASGI pairs) of an allowed decision; a refusal raises 429."""
+    if not decision.allowed:
+        _rate_headers(decision)  # raises RateLimitExceeded with its headers
+    return decision.raw_headers()
 
 
 def check_host_origin(policy: HTTPPolicy, host: str | None, origin: str | None) -> None:
@@ -673,34 +693,25 @@ class GuardMiddleware:
         returned are ``None``. Its command then travels to Redis with the
         request's session read, one round trip instead of two in a row.
         """
-        auth = nexus.auth
         principal = None
-        if auth is not None:
-            try:
-                principal = auth.authenticate(
-                    None if authorization is None else authorization.decode("latin-1"),
-                    None if api_key is None else api_key.decode("latin-1"),
-                )
-            except AuthenticationError as exc:
-                # a failed attempt costs a token of the client address: may raise 429 instead
-                headers = await acheck_rate(nexus, rate_key(None, client))
-                if not headers:
-                    raise
-                raise AuthenticationError(exc.message, rate_limit_headers=headers) from None
+        if nexus.auth is not None:
+            principal = await _aauthenticate(
+                nexus,
+                None if authorization is None else authorization.decode("latin-1"),
+                None if api_key is None else api_key.decode("latin-1"),
+                client,
+            )
         limiter = nexus.rate_limiter
         if limiter is None:
             return principal, []
-        key = principal if principal is not None else _client_host(client)
+        key = rate_key(principal, client)
         acheck = getattr(limiter, "acheck", None)
         if acheck is not None and scope is not None:
             import asyncio
 
             scope[RATE_PENDING_SCOPE_KEY] = asyncio.ensure_future(acheck(key))
             return principal, None
-        decision = await acheck(key) if acheck is not None else limiter.check(key)
-        if not decision.allowed:
-            _rate_headers(decision)  # raises RateLimitExceeded with its headers
-        return principal, decision.raw_headers()
+        return principal, _allowed_headers(await acheck(key) if acheck is not None else limiter.check(key))
 
 
 async def settle_rate(pending: Any) -> list[tuple[bytes, bytes]]:
@@ -712,10 +723,7 @@ async def settle_rate(pending: Any) -> list[tuple[bytes, bytes]]:
     and before the call has any effect (the platform awaits it before the agent
     runs, see :data:`pending_admission`); it may read (pure reads) meanwhile.
     """
-    decision = await pending
-    if not decision.allowed:
-        _rate_headers(decision)  # raises RateLimitExceeded with its headers
-    return decision.raw_headers()
+    return _allowed_headers(await pending)
 
 
 def _adding_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
