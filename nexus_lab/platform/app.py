@@ -468,8 +468,11 @@ class Nexus:
 
         The same steps as :meth:`execute` (one implementation, :meth:`_flow`);
         only where they run differs: a sync agent runs the whole call in a worker
-        thread, an async one is awaited on the loop, and a blocking session store
-        (SQLite) is called from a worker thread, never from the loop.
+        thread, an async one is awaited on the loop. Session calls are made on the
+        loop for the memory store, awaited through the store's native twins (SQLite's
+        own threads, Redis's pipelined connection), and run in worker threads for a
+        blocking store without them: never a blocking call on the loop. A rate-limit
+        check the guard left in flight is settled before the agent runs.
         """
         guard = _guard()
         if started is None:
@@ -1058,7 +1061,6 @@ def _guard() -> Any:
 
         _GUARD = guard
     return _GUARD
-
 
 
 #: Agent attributes that change what a deployment shows (its description, MCP tool metadata).
