@@ -432,7 +432,7 @@ class SQLiteSessionStore(SessionStore):
         self._qasync = 0  # how many ops in _queue are awaited ones (no thread waits on them)
         self._idle: list[sqlite3.Connection] = []
         self._pid = os.getpid()
-        # the threads of the awaitable twins, started on first use (see _start_writer)
+        # the threads of the awaitable twins, started on first use (see _start_thread)
         self._tlock = threading.Lock()  # guards starting them against close()
         self._wake: SimpleQueue = SimpleQueue()  # tokens: the lead is the writer thread's
         self._reads: SimpleQueue = SimpleQueue()  # (session_id, now, outbox, future) of aget
@@ -730,37 +730,31 @@ class SQLiteSessionStore(SessionStore):
     def _start_writer(self) -> SimpleQueue:
         """Start the writer thread if it is not running (first awaited write, or the first
         in a forked child); return the queue its tokens go to."""
-        with self._tlock:
-            if self._closed:
-                raise RuntimeError(_CLOSED)
-            if self._wthread is None:
-                t = threading.Thread(
-                    target=_writer_main,
-                    args=(weakref.ref(self), self._wake),
-                    name=f"nexus-sqlite-writer:{os.path.basename(self.path)}",
-                    daemon=True,
-                )
-                t.start()
-                weakref.finalize(self, self._wake.put, None)  # stops it if never closed
-                self._wthread = t
-            return self._wake
+        return self._start_thread("_wthread", _writer_main, self._wake, "writer")
 
     def _start_reader(self) -> SimpleQueue:
         """Start the reader thread if it is not running; return the queue reads go to."""
+        return self._start_thread("_rthread", _reader_main, self._reads, "reader")
+
+    def _start_thread(
+        self, attr: str, target: Callable[..., None], queue: SimpleQueue, role: str
+    ) -> SimpleQueue:
+        """Start the store thread kept in ``attr`` (``target(weakref, queue)``) unless it
+        runs; ``None`` put in ``queue`` stops it, also when the store is collected unclosed."""
         with self._tlock:
             if self._closed:
                 raise RuntimeError(_CLOSED)
-            if self._rthread is None:
+            if getattr(self, attr) is None:
                 t = threading.Thread(
-                    target=_reader_main,
-                    args=(weakref.ref(self), self._reads),
-                    name=f"nexus-sqlite-reader:{os.path.basename(self.path)}",
+                    target=target,
+                    args=(weakref.ref(self), queue),
+                    name=f"nexus-sqlite-{role}:{os.path.basename(self.path)}",
                     daemon=True,
                 )
                 t.start()
-                weakref.finalize(self, self._reads.put, None)
-                self._rthread = t
-            return self._reads
+                weakref.finalize(self, queue.put, None)  # stops it if never closed
+                setattr(self, attr, t)
+            return queue
 
     async def _asubmit(self, fn: Callable[[sqlite3.Connection, _Op], T], barrier: bool = True) -> T:
         """:meth:`_submit` for a coroutine: queue the op with a future of this loop; the writer
@@ -1104,7 +1098,7 @@ class SQLiteSessionStore(SessionStore):
         if not inside:
             with self._wlock:  # waits for a batch in flight to commit
                 self._close_writer()
-        with self._tlock:  # a thread being started now is in these (see _start_writer)
+        with self._tlock:  # a thread being started now is in these (see _start_thread)
             threads = [t for t in (self._wthread, self._rthread) if t is not None]
             if self._wthread is not None:
                 self._wake.put(None)
