@@ -18,6 +18,7 @@ import sys
 import textwrap
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -761,6 +762,43 @@ def test_sqlite_reads_do_not_wait_for_a_write_in_flight(tmp_path):
         store.close()
 
 
+def _updates_behind_a_gate(
+    store: SQLiteSessionStore, n: int, *, boom: int | None = None,
+    when_queued: Callable[[], object] = lambda: None,
+) -> tuple[dict[int, object], dict[str, object]]:
+    """Updates of sessions ``s0``..``s{n-1}`` queued behind a gate write, then released to
+    run as one group commit: update ``i`` stores ``{"i": i}`` with an event and ``{"op": 1}``
+    (``i == boom`` raises ``ValueError("boom i")`` in its mutate). ``when_queued`` runs once
+    all n wait. Returns each update's result (or exception) and the gate's outcome."""
+    thread, release, gate_outcome = _gate(store, "gate")
+    results: dict[int, object] = {}
+
+    def write(i: int) -> None:
+        def mutate(rec: SessionRecord) -> int:
+            if i == boom:
+                raise ValueError(f"boom {i}")
+            rec.state_json = json.dumps({"i": i})
+            return i
+
+        try:
+            results[i] = store.update(
+                f"s{i}", mutate, 1000.0, SessionEvent(1000.0, "api", "update", ("i",)), {"op": 1}
+            )
+        except Exception as exc:
+            results[i] = exc
+
+    writers = [threading.Thread(target=write, args=(i,)) for i in range(n)]
+    for w in writers:
+        w.start()
+    wait_until(lambda: len(store._queue) == n, f"{n} writers queued behind the gate")
+    when_queued()
+    release.set()
+    thread.join()
+    for w in writers:
+        w.join()
+    return results, gate_outcome
+
+
 def test_sqlite_group_commit_an_update_whose_statement_fails_undoes_only_itself(tmp_path):
     """An update's UPDATE that SQLite refuses (a trigger's RAISE(ABORT) here) fails that
     write alone: the others of its group commit, their events and counters are stored."""
@@ -772,29 +810,7 @@ def test_sqlite_group_commit_an_update_whose_statement_fails_undoes_only_itself(
         with sqlite3.connect(tmp_path / "t.db") as db:
             db.execute("CREATE TRIGGER refuse_s2 BEFORE UPDATE ON nexus_sessions "
                        "WHEN NEW.session_id = 's2' BEGIN SELECT RAISE(ABORT, 'refused s2'); END")
-        thread, release, _ = _gate(store, "gate")
-        results: dict[int, object] = {}
-
-        def write(i: int) -> None:
-            def mutate(rec: SessionRecord) -> int:
-                rec.state_json = json.dumps({"i": i})
-                return i
-
-            try:
-                results[i] = store.update(
-                    f"s{i}", mutate, 1000.0, SessionEvent(1000.0, "api", "update", ("i",)), {"op": 1}
-                )
-            except Exception as exc:
-                results[i] = exc
-
-        writers = [threading.Thread(target=write, args=(i,)) for i in range(6)]
-        for w in writers:
-            w.start()
-        wait_until(lambda: len(store._queue) == 6, "6 writers queued behind the gate")
-        release.set()
-        thread.join()
-        for w in writers:
-            w.join()
+        results, _ = _updates_behind_a_gate(store, 6)
         assert isinstance(results[2], sqlite3.IntegrityError) and "refused s2" in str(results[2])
         assert {i: results[i] for i in range(6) if i != 2} == {i: i for i in range(6) if i != 2}
         for i in range(6):
@@ -812,32 +828,9 @@ def test_sqlite_group_commit_one_failing_op_rolls_back_alone(tmp_path):
         store.create(record("gate", ttl=10_000), 1000.0)
         for i in range(8):
             store.create(record(f"s{i}", ttl=10_000), 1000.0)
-        thread, release, gate_outcome = _gate(store, "gate")
-        results: dict[int, object] = {}
-
-        def write(i: int) -> None:
-            def mutate(rec: SessionRecord) -> int:
-                if i == 3:
-                    raise ValueError("boom 3")
-                rec.state_json = json.dumps({"i": i})
-                return i
-
-            try:
-                results[i] = store.update(
-                    f"s{i}", mutate, 1000.0, SessionEvent(1000.0, "api", "update", ("i",)), {"op": 1}
-                )
-            except Exception as exc:
-                results[i] = exc
-
-        writers = [threading.Thread(target=write, args=(i,)) for i in range(8)]
-        for w in writers:
-            w.start()
-        wait_until(lambda: len(store._queue) == 8, "8 writers queued behind the gate")
-        store._wconn.set_trace_callback(statements.append)
-        release.set()
-        thread.join()
-        for w in writers:
-            w.join()
+        results, gate_outcome = _updates_behind_a_gate(
+            store, 8, boom=3, when_queued=lambda: store._wconn.set_trace_callback(statements.append)
+        )
         assert gate_outcome == {"result": "gate done"}
         assert isinstance(results[3], ValueError) and str(results[3]) == "boom 3"
         assert {i: results[i] for i in range(8) if i != 3} == {i: i for i in range(8) if i != 3}
