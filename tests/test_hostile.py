@@ -292,8 +292,11 @@ def test_timeouts_are_validated(make_app, bad):
 
 
 # --------------------------------------------------------------------------- 11: too big for the session
-def test_a_query_that_cannot_fit_the_session_is_refused_before_the_agent_runs(make_app, serve):
-    calls = []
+@pytest.fixture
+def small(make_app, serve):
+    """A served deployment ``small`` whose sessions hold at most 4,096 bytes: ``(client,
+    manager, sid, calls)``, ``calls`` the queries its agent ran."""
+    calls: list[str] = []
 
     def agent(query: str) -> dict:
         calls.append(query)
@@ -303,7 +306,12 @@ def test_a_query_that_cannot_fit_the_session_is_refused_before_the_agent_runs(ma
     manager = NexusSessionManager(cleanup_interval=300, max_state_bytes=4096)
     deploy_with_sessions(agent, app, "small", manager)
     client = serve(app)
-    sid = manager.create_session("anonymous").session_id
+    yield client, manager, manager.create_session("anonymous").session_id, calls
+    manager.close()
+
+
+def test_a_query_that_cannot_fit_the_session_is_refused_before_the_agent_runs(small):
+    client, manager, sid, calls = small
     r = client.post("/api/workflows/small/execute",
                     json={"inputs": {"query": "x" * 5000}, "session_id": sid})
     assert r.status_code == 422, r.text
@@ -313,24 +321,11 @@ def test_a_query_that_cannot_fit_the_session_is_refused_before_the_agent_runs(ma
     assert manager.get_session_state(sid) == {}  # nothing stored
     ok = client.post("/api/workflows/small/execute", json={"inputs": {"query": "hi"}, "session_id": sid})
     assert ok.status_code == 200 and calls == ["hi"]
-    manager.close()
 
 
-def test_a_query_that_would_overflow_a_nearly_full_session_is_refused_before_the_agent_runs(
-    make_app, serve
-):
+def test_a_query_that_would_overflow_a_nearly_full_session_is_refused_before_the_agent_runs(small):
     """The room check counts what the session already holds, not only the new query."""
-    calls = []
-
-    def agent(query: str) -> dict:
-        calls.append(query)
-        return {"response": "ok"}
-
-    app = make_app()
-    manager = NexusSessionManager(cleanup_interval=300, max_state_bytes=4096)
-    deploy_with_sessions(agent, app, "small", manager)
-    client = serve(app)
-    sid = manager.create_session("anonymous").session_id
+    client, manager, sid, calls = small
     manager.update_session_state(sid, {"notes": "n" * 3800})
     before = manager.get_session_state(sid)
     # 2 x 200 bytes of query would fit an empty session; not one holding 3,800 bytes already
@@ -340,7 +335,6 @@ def test_a_query_that_would_overflow_a_nearly_full_session_is_refused_before_the
     assert r.json()["error"]["type"] == "session_state_error"
     assert calls == []  # the agent never ran
     assert manager.get_session_state(sid) == before  # nothing stored
-    manager.close()
 
 
 # --------------------------------------------------------------------------- 1: lone surrogates
