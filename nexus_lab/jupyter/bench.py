@@ -466,11 +466,11 @@ class _Load:
                         self.stopping = True
                         conn = None
                         return
+                    self.conns.add(conn)  # the run's watchdog looks after it from now on
                 started = time.perf_counter()
                 # a hung answer frees the worker: the run's watchdog closes a connection past
                 # its due time (one timer per run, not one per request: this loop is hot)
                 conn.due = started + self.timeout
-                self.conns.add(conn)
                 try:
                     status, body = await conn.request(request)
                 except OSError:  # reset, or closed by the watchdog
