@@ -16,24 +16,43 @@ tester for other people's servers), and returns a :class:`BenchResult`:
 
 How the load is made, and why:
 
-* it runs on **one private event-loop thread** (uvloop when installed),
-  started for the run and closed at the end, with one keep-alive connection
-  per concurrent worker, closed at the end too: a finished bench leaves no
-  thread and no connection behind. An interrupt cancels the workers first.
 * every channel first makes one call through
-  :class:`~nexus_lab.client.AsyncNexusClient` (not counted): a wrong name or
+  :class:`~nexus_lab.client.AsyncNexusClient` (not counted), on a private
+  event-loop thread of the kernel (``nexus-bench-loop``): a wrong name or
   input fails at once with the client's exception, before any load.
+* ``api`` and ``cli`` load (``engine="auto"`` or ``"http"``) is the same POST
+  the client sends - ``/api/workflows/NAME/execute`` with
+  ``X-Nexus-Channel: cli`` for ``cli`` - written on bare HTTP/1.1 keep-alive
+  connections, one per concurrent worker, by a **load generator in a process
+  of its own** (:mod:`nexus_lab.jupyter._bench_worker`, the standard library
+  and uvloop only). The platform it measures runs in the kernel: a load made
+  in the kernel too would share the kernel's GIL with the server, and every
+  microsecond it spends would come out of the server's throughput (it reached
+  0.59x of what ``wrk`` gets from the same deployment once the server got
+  faster). The child is started *before* the first call, so its start-up
+  (an interpreter and asyncio, a few tens of milliseconds) mostly overlaps
+  that call; the measured window opens when the child starts sending.
+  ``benchmarks/bench_magic_bench.py`` compares the figure with ``wrk``'s.
+* the child measures each request (written to answer read) and streams the
+  samples back over its stdout in compact binary batches (columns of
+  float64/uint16, every 0.1 s; a heartbeat when there is nothing to send),
+  which the kernel reads on the calling thread into the progress view; an
+  error type travels once as a name, then as a small number.
+* the child ends with the run. The kernel stops it by closing its stdin - on
+  an interrupt, an error, or when the kernel itself goes - and it then closes
+  its connections and exits; one that does not within ``EXIT_GRACE_S`` is
+  killed, and it is always reaped: a finished (or interrupted) bench leaves
+  no process, thread or connection behind. A child that dies, or sends
+  nothing for ``STALL_S``, fails the run with a :class:`BenchError` that says
+  so (``%nexus bench`` shows it as a one-line error), never a hang. A hung
+  answer is a ``timeout`` error after ``timeout`` seconds (the child's
+  watchdog closes that connection) and the worker goes on.
 * ``mcp`` load goes through ``AsyncNexusClient`` (its one MCP session,
-  streamable HTTP), as does ``engine="client"`` on ``api``/``cli``.
-* ``api`` and ``cli`` load (``engine="auto"``) is the same POST the client
-  sends - ``/api/workflows/NAME/execute`` with ``X-Nexus-Channel: cli`` for
-  ``cli`` - written on a bare HTTP/1.1 keep-alive connection. The load runs in
-  the kernel, sharing the GIL with the platform it measures; httpx's client
-  layer alone costs ~0.3 ms per request on the 2-core machines this was
-  built on, which capped the load at ~0.15x of what ``wrk`` gets from the
-  same deployment. The bare connection costs a few microseconds and keeps the
-  figure comparable with ``wrk``'s (``benchmarks/bench_magic_bench.py``
-  prints both).
+  streamable HTTP), as does ``engine="client"`` on ``api``/``cli``: on the
+  same private loop thread in the kernel, closed at the end (an interrupt
+  cancels the workers first). httpx's client layer costs ~0.3 ms a request
+  on the 2-core machines this was built on: far slower than the bare
+  connections, whose figure is the one comparable with ``wrk``'s.
 
 Example::
 
@@ -50,17 +69,26 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures
+import contextlib
 import json
 import math
+import os
+import select
+import signal
+import struct
+import subprocess
+import sys
 import time
+from array import array
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigError
+from ._bench_worker import HEADER
 
-__all__ = ["BenchResult", "BenchSnapshot", "run_bench", "is_loopback", "DEFAULT_REQUESTS",
+__all__ = ["BenchError", "BenchResult", "BenchSnapshot", "run_bench", "is_loopback", "DEFAULT_REQUESTS",
            "MAX_CONCURRENCY", "MAX_DURATION"]
 
 #: Requests sent when neither ``requests`` nor ``duration`` is given.
@@ -72,6 +100,16 @@ MAX_DURATION = 3600.0
 CHART_POINTS = 20_000
 #: Samples a progress snapshot carries at most (evenly thinned).
 LIVE_POINTS = 5_000
+#: Seconds the load generator's process may send nothing (it sends a batch or a heartbeat every
+#: 0.1 s) before it is taken for hung: it is killed and the run fails with a :class:`BenchError`.
+STALL_S = 30.0
+#: Seconds a stopping load generator gets to close its connections and exit before it is killed.
+EXIT_GRACE_S = 5.0
+#: The child runs the worker *file*: no ``nexus_lab`` import, and neither the working directory
+#: nor the worker's own directory on ``sys.path`` (nothing there can shadow the standard library).
+_WORKER = os.path.join(os.path.dirname(os.path.abspath(__file__)), "_bench_worker.py")
+_BOOT = "import runpy, sys; sys.path[:1] = [p for p in sys.path[:1] if p]; " \
+        "runpy.run_path(sys.argv[1], run_name='__main__')"
 
 
 def is_loopback(url: str) -> bool:
@@ -269,142 +307,136 @@ def render_bench_chart(channel: str, samples: list[tuple[float, float, bool]], c
 
 
 # ----------------------------------------------------------------------------- the load
-class _HTTPConnection(asyncio.Protocol):
-    """One HTTP/1.1 keep-alive connection: write a request, wait for its whole answer.
+class BenchError(RuntimeError):
+    """The load generator failed - e.g. its process died or stopped answering; nothing is returned."""
 
-    Answers are read by ``Content-Length`` (what the platform sends); anything
-    else fails the request clearly.
-    """
+
+class _Samples:
+    """One entry per request, in columns: appended by the load (on the loop thread, or from the
+    child's batches), read by the progress view on the calling thread."""
 
     def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
-        self.buf = bytearray()
-        self.lost: BaseException | None = None
-        self.due = math.inf  # when the answer in flight is late (see _Load._watch)
+        self.starts = array("d")  # s since the window opened
+        self.latencies = array("d")  # ms
+        self.statuses = array("H")  # HTTP status, 0 = none
+        self.etypes = array("H")  # 0 = ok, else 1 + index in names
+        self.names: list[str] = []
+        self.errors = 0
+        self.t0 = 0.0  # time.perf_counter() here when the window opened (0: not yet)
 
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost = exc or ConnectionResetError("the server closed the connection")
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(self.lost)
-
-    def data_received(self, data: bytes) -> None:
-        buf = self.buf
-        buf += data
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
+    def record(self, start_s: float, latency_ms: float, etype: str | None, status: int | None) -> None:
+        self.starts.append(start_s)
+        self.latencies.append(latency_ms)
+        self.statuses.append(status or 0)
+        if etype is None:
+            self.etypes.append(0)
             return
-        head = bytes(buf[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
-        waiter = self.waiter
-        if at < 0:
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionError("an answer without Content-Length"))
-            return
-        stop = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : stop if stop > 0 else len(head)])
-        total = end + 4 + length
-        if len(buf) < total:
-            return
-        status = int(head[9:12])
-        body = bytes(buf[end + 4 : total])
-        del buf[:total]
-        if waiter is not None and not waiter.done():
-            waiter.set_result((status, body))
+        if etype not in self.names:
+            self.names.append(etype)
+        self.errors += 1
+        self.etypes.append(self.names.index(etype) + 1)  # etypes last: len(etypes) is the count
 
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        if self.lost is not None or self.transport is None:
-            raise ConnectionResetError("the connection is closed")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        try:
-            return await self.waiter
-        finally:
-            self.waiter = None
+    def extend(self, batch: bytes) -> None:
+        """Add an ``S`` frame of the child (see :mod:`._bench_worker`)."""
+        (n,) = struct.unpack_from("=I", batch)
+        at = 4
+        for column, size in ((self.starts, 8), (self.latencies, 8), (self.statuses, 2)):
+            column.frombytes(batch[at : at + n * size])
+            at += n * size
+        etypes = array("H", batch[at : at + n * 2])
+        self.errors += n - etypes.count(0)
+        self.etypes.extend(etypes)
 
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
+    def snapshot(self, total: int | None, duration: float | None) -> BenchSnapshot:
+        n = len(self.etypes)  # columns grow on another thread: read up to a consistent length
+        elapsed = (time.perf_counter() - self.t0) if self.t0 else 0.0
+        step = max(1, n // LIVE_POINTS)  # a live view needs a few thousand points, not a million
+        samples = [(s, lat / 1000.0, e == 0) for s, lat, e in
+                   zip(self.starts[:n:step], self.latencies[:n:step], self.etypes[:n:step], strict=True)]
+        return BenchSnapshot(done=n, errors=self.errors, elapsed=elapsed, total=total,
+                             duration=duration, samples=samples)
+
+    def result(self, duration_s: float, **what: Any) -> BenchResult:
+        n = len(self.etypes)
+        names = [None, *self.names]
+        error_types = [names[e] for e in self.etypes[:n]]
+        return BenchResult(
+            requests=n, errors=n - self.etypes[:n].count(0), duration_s=max(0.0, duration_s),
+            error_counts=_count(error_types), starts=self.starts[:n].tolist(),
+            latencies_ms=self.latencies[:n].tolist(), oks=[e == 0 for e in self.etypes[:n]],
+            error_types=error_types, statuses=[s or None for s in self.statuses[:n]], **what,
+        )
 
 
-def _error_type(status: int, body: bytes) -> str:
+def _request_bytes(url: str, name: str, inputs: dict[str, Any], channel: str, api_key: str | None) -> bytes:
+    """The POST :class:`~nexus_lab.client.AsyncNexusClient` sends, as bytes on the wire."""
+    body = json.dumps({"inputs": inputs}, separators=(",", ":")).encode()
+    lines = [
+        f"POST /api/workflows/{quote(name, safe='')}/execute HTTP/1.1",
+        f"Host: {urlsplit(url).netloc}",
+        "Content-Type: application/json",
+        "Accept: application/json",
+        f"Content-Length: {len(body)}",
+    ]
+    if api_key:
+        lines.append(f"Authorization: Bearer {api_key}")
+    if channel == "cli":
+        lines.append("X-Nexus-Channel: cli")  # what the client and the `nexus` CLI send
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
+
+
+async def _first_call(url: str, mcp_url: str | None, api_key: str | None, timeout: float,
+                      name: str, inputs: dict[str, Any], channel: str) -> Any:
+    """One call through the client: returns the client (open) or raises the client's error."""
+    from ..client import AsyncNexusClient
+
+    client = AsyncNexusClient(url, api_key=api_key, mcp_url=mcp_url, timeout=timeout)
     try:
-        err = json.loads(body).get("error")
-        etype = err.get("type") if isinstance(err, dict) else None
-    except (ValueError, AttributeError):
-        etype = None
-    return str(etype) if etype else f"http_{status}"
+        await client.run(name, inputs, channel=channel, timeout=timeout)
+    except BaseException:
+        await client.aclose()
+        raise
+    return client
 
 
-class _Load:
-    """The workers of one run and what they record (appended on the loop thread, read anywhere)."""
+class _ClientLoad:
+    """``engine="client"`` (and ``mcp``): the load made by ``AsyncNexusClient``, on the kernel's
+    private loop thread. Samples are appended there and read from the calling thread."""
 
     def __init__(self, *, url: str, name: str, inputs: dict[str, Any], channel: str, api_key: str | None,
                  mcp_url: str | None, concurrency: int, requests: int | None, duration: float | None,
-                 timeout: float, engine: str) -> None:
+                 timeout: float, samples: _Samples) -> None:
         self.url, self.name, self.inputs, self.channel = url, name, inputs, channel
         self.api_key, self.mcp_url, self.timeout = api_key, mcp_url, timeout
-        self.concurrency, self.total, self.duration, self.engine = concurrency, requests, duration, engine
-        self.starts: list[float] = []
-        self.latencies: list[float] = []
-        self.oks: list[bool] = []
-        self.etypes: list[str | None] = []
-        self.statuses: list[int | None] = []
-        self.errors = 0
+        self.concurrency, self.total, self.duration = concurrency, requests, duration
+        self.samples = samples
         self.issued = 0
         self.t0 = 0.0
         self.t_end = 0.0
-        self.stopping = False
-        self.tasks: list[asyncio.Task[None]] = []
-        self.main: asyncio.Task[None] | None = None
-        self.client: Any = None
         self.deadline = math.inf
-        self.conns: set[_HTTPConnection] = set()  # what the watchdog looks after
+        self.stopping = False
+        self.main: asyncio.Task[None] | None = None
 
-    # -- run ---------------------------------------------------------------------------
     async def run(self) -> None:
-        from ..client import AsyncNexusClient
-
         self.main = asyncio.current_task()
         if self.stopping:  # interrupted before the loop got to it
             return
-        self.client = AsyncNexusClient(self.url, api_key=self.api_key, mcp_url=self.mcp_url,
-                                       timeout=self.timeout)
+        # one call first (not counted): a wrong name or input fails here, before any load
+        client = await _first_call(self.url, self.mcp_url, self.api_key, self.timeout, self.name,
+                                   self.inputs, self.channel)
         try:
-            # one call first (not counted): a wrong name or input fails here, before any load
-            await self.client.run(self.name, self.inputs, channel=self.channel, timeout=self.timeout)
-            worker = self._client_worker if self.engine == "client" else self._http_worker
-            request = self._request_bytes() if self.engine == "http" else b""
-            self.t0 = time.perf_counter()
+            self.t0 = self.samples.t0 = time.perf_counter()
             self.deadline = self.t0 + self.duration if self.duration else math.inf
-            self.tasks = [asyncio.ensure_future(worker(request)) for _ in range(self.concurrency)]
-            watch = asyncio.ensure_future(self._watch())
+            tasks = [asyncio.ensure_future(self._worker(client)) for _ in range(self.concurrency)]
             try:
-                await asyncio.gather(*self.tasks)
+                await asyncio.gather(*tasks)
             finally:
-                watch.cancel()
-                for task in self.tasks:
+                for task in tasks:
                     task.cancel()
-                await asyncio.gather(*self.tasks, return_exceptions=True)
+                await asyncio.gather(*tasks, return_exceptions=True)
                 self.t_end = time.perf_counter()
         finally:
-            await self.client.aclose()
-
-    async def _watch(self) -> None:
-        """Close the connections whose answer is overdue (``timeout``), checked a few times a
-        second; the worker waiting on one records a timeout and goes on."""
-        every = min(0.25, self.timeout / 4)
-        while True:
-            await asyncio.sleep(every)
-            now = time.perf_counter()
-            for conn in [c for c in self.conns if c.due <= now]:
-                conn.close()
-            self.conns = {c for c in self.conns if c.lost is None and c.transport is not None
-                          and not c.transport.is_closing()}
+            await client.aclose()
 
     def cancel(self) -> None:
         """Stop issuing and cancel everything in flight (call it on the loop thread)."""
@@ -420,95 +452,151 @@ class _Load:
         self.issued += 1
         return True
 
-    def _record(self, started: float, ok: bool, etype: str | None, status: int | None) -> None:
-        now = time.perf_counter()
-        self.starts.append(started - self.t0)
-        self.latencies.append((now - started) * 1000.0)
-        self.oks.append(ok)
-        self.etypes.append(etype)
-        self.statuses.append(status)
-        if not ok:
-            self.errors += 1
-
-    def _request_bytes(self) -> bytes:
-        parts = urlsplit(self.url)
-        host = parts.netloc
-        body = json.dumps({"inputs": self.inputs}, separators=(",", ":")).encode()
-        lines = [
-            f"POST /api/workflows/{quote(self.name, safe='')}/execute HTTP/1.1",
-            f"Host: {host}",
-            "Content-Type: application/json",
-            "Accept: application/json",
-            f"Content-Length: {len(body)}",
-        ]
-        if self.api_key:
-            lines.append(f"Authorization: Bearer {self.api_key}")
-        if self.channel == "cli":
-            lines.append("X-Nexus-Channel: cli")  # what the client and the `nexus` CLI send
-        return ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1") + body
-
-    # -- workers ---------------------------------------------------------------------
-    async def _http_worker(self, request: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        parts = urlsplit(self.url)
-        conn: _HTTPConnection | None = None
-        try:
-            while self._take():
-                if conn is None or conn.lost is not None:
-                    if conn is not None:
-                        conn.close()
-                    started = time.perf_counter()
-                    try:
-                        _, conn = await loop.create_connection(_HTTPConnection, parts.hostname, parts.port)
-                    except OSError:
-                        # the server is gone: record it once per worker and stop the run
-                        self._record(started, False, "connection_error", None)
-                        self.stopping = True
-                        conn = None
-                        return
-                    self.conns.add(conn)  # the run's watchdog looks after it from now on
-                started = time.perf_counter()
-                # a hung answer frees the worker: the run's watchdog closes a connection past
-                # its due time (one timer per run, not one per request: this loop is hot)
-                conn.due = started + self.timeout
-                try:
-                    status, body = await conn.request(request)
-                except OSError:  # reset, or closed by the watchdog
-                    timed_out = time.perf_counter() - started >= self.timeout
-                    self._record(started, False, "timeout" if timed_out else "connection_error", None)
-                    continue
-                finally:
-                    conn.due = math.inf
-                if 200 <= status < 300:
-                    self._record(started, True, None, status)
-                else:
-                    self._record(started, False, _error_type(status, body), status)
-        finally:
-            if conn is not None:
-                conn.close()
-
-    async def _client_worker(self, request: bytes) -> None:
+    async def _worker(self, client: Any) -> None:
         from ..errors import NexusError
 
-        client = self.client
         while self._take():
             started = time.perf_counter()
             try:
                 await client.run(self.name, self.inputs, channel=self.channel, timeout=self.timeout)
             except NexusError as exc:
-                self._record(started, False, exc.error_type, getattr(exc, "http_status", None))
+                etype, status = exc.error_type, getattr(exc, "http_status", None)
             else:
-                self._record(started, True, None, 200 if self.channel != "mcp" else None)
+                etype, status = None, (200 if self.channel != "mcp" else None)
+            now = time.perf_counter()
+            self.samples.record(started - self.t0, (now - started) * 1000.0, etype, status)
 
-    # -- reading -----------------------------------------------------------------------
-    def snapshot(self) -> BenchSnapshot:
-        n = len(self.oks)  # lists grow on the loop thread: read up to a consistent length
-        elapsed = (time.perf_counter() - self.t0) if self.t0 else 0.0
-        step = max(1, n // LIVE_POINTS)  # a live view needs a few thousand points, not a million
-        starts, latencies, oks = self.starts[:n:step], self.latencies[:n:step], self.oks[:n:step]
-        samples = list(zip(starts, (x / 1000.0 for x in latencies), oks, strict=True))
-        return BenchSnapshot(done=n, errors=self.errors, elapsed=elapsed, total=self.total,
-                             duration=self.duration, samples=samples)
+
+class _Child:
+    """The http load generator in its own process (:mod:`._bench_worker`): started, fed its
+    job, read, and always stopped and reaped by :meth:`close`."""
+
+    def __init__(self, job: dict[str, Any]) -> None:
+        try:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-c", _BOOT, _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE, start_new_session=True,  # a Jupyter interrupt signals the
+            )                                                    # process group: not the child
+        except OSError as exc:
+            raise BenchError(f"could not start the load generator ({sys.executable}): {exc}") from exc
+        self.buf = bytearray()
+        self.duration_s: float | None = None
+        try:
+            self._send(json.dumps(job, separators=(",", ":")).encode() + b"\n")
+        except BaseException:
+            self.close()
+            raise
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def _send(self, data: bytes) -> None:
+        assert self.proc.stdin is not None
+        try:
+            self.proc.stdin.write(data)
+            self.proc.stdin.flush()
+        except OSError:  # a broken pipe: the child is gone
+            raise self._died() from None
+
+    def run(self, samples: _Samples, progress: Callable[[BenchSnapshot], None] | None,
+            interval: float, total: int | None, duration: float | None) -> float:
+        """Start the load, collect its samples until it is done; the window's length in seconds."""
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        self._send(b"go\n")
+        heard = time.monotonic()
+        tick = math.inf  # the next progress snapshot, once the window is open
+        while self.duration_s is None:
+            now = time.monotonic()
+            wait = min(heard + STALL_S, tick) - now
+            ready, _, _ = select.select([fd], [], [], max(0.0, wait))
+            now = time.monotonic()
+            if ready:
+                data = os.read(fd, 1 << 20)
+                if not data:
+                    raise self._died()
+                heard = now
+                opened = samples.t0
+                self._frames(data, samples)
+                if not opened and samples.t0 and progress is not None:
+                    tick = now + interval
+            elif now - heard >= STALL_S:
+                self.proc.kill()
+                raise BenchError(f"the load generator (process {self.pid}) sent nothing for "
+                                 f"{STALL_S:g} s: stopped it")
+            if now >= tick and self.duration_s is None:
+                assert progress is not None
+                progress(samples.snapshot(total, duration))
+                tick = time.monotonic() + interval
+        return self.duration_s
+
+    def _frames(self, data: bytes, samples: _Samples) -> None:
+        buf = self.buf
+        buf += data
+        at, size = 0, len(buf)
+        while size - at >= HEADER.size:
+            kind, length = HEADER.unpack_from(buf, at)
+            end = at + HEADER.size + length
+            if end > size:
+                break
+            payload = bytes(buf[at + HEADER.size : end])
+            at = end
+            if kind == b"S":
+                samples.extend(payload)
+            elif kind == b"E":
+                samples.names.append(payload.decode("utf-8", "replace"))
+            elif kind == b"G":
+                samples.t0 = time.perf_counter()
+            elif kind == b"D":
+                (self.duration_s,) = struct.unpack("=d", payload)
+            elif kind == b"X":
+                raise BenchError(f"the load generator (process {self.pid}) failed:\n"
+                                 f"{payload.decode('utf-8', 'replace')}")
+            # b"H": a heartbeat, nothing to do
+        del buf[:at]
+
+    def _died(self) -> BenchError:
+        try:
+            code = self.proc.wait(EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:  # its stdout closed, yet it runs: stop it
+            self.proc.kill()
+            code = self.proc.wait()
+        if code < 0:
+            try:
+                how = f"killed by {signal.Signals(-code).name}"
+            except ValueError:
+                how = f"killed by signal {-code}"
+        else:
+            how = f"exit status {code}"
+        err = b""
+        if self.proc.stderr is not None:
+            with contextlib.suppress(OSError):
+                err = self.proc.stderr.read()
+        tail = err.decode("utf-8", "replace").strip().splitlines()[-5:]
+        said = (": " + " / ".join(tail)) if tail else ""
+        return BenchError(f"the load generator (process {self.pid}) died before the end of the "
+                          f"run ({how}){said}")
+
+    def close(self) -> None:
+        """Stop the child (end of its stdin: it closes its connections and exits), kill it if it
+        does not within ``EXIT_GRACE_S``, and reap it. Idempotent."""
+        proc = self.proc
+        for pipe in (proc.stdin, proc.stdout):
+            if pipe is not None:
+                with contextlib.suppress(OSError):
+                    pipe.close()
+        try:
+            proc.wait(EXIT_GRACE_S)
+        except subprocess.TimeoutExpired:
+            pass
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+            if proc.stderr is not None:
+                with contextlib.suppress(OSError):
+                    proc.stderr.close()
 
 
 def run_bench(
@@ -554,8 +642,6 @@ def run_bench(
         result = run_bench(app, "assistant", {"query": "hi"}, requests=500, concurrency=16)
         print(result.rps, result.p95_ms)
     """
-    from ._loop import LoopThread
-
     url, mcp_url = _urls(target)
     if channel not in ("api", "cli", "mcp"):
         raise ConfigError(f"channel must be api, cli or mcp, got {channel!r}", field="channel")
@@ -575,11 +661,60 @@ def run_bench(
     if engine == "http" and channel == "mcp":
         raise ConfigError("the mcp channel is loaded through the client (engine='client')", field="engine")
 
-    load = _Load(url=url, name=name, inputs=dict(inputs or {}), channel=channel, api_key=api_key,
-                 mcp_url=mcp_url, concurrency=concurrency, requests=requests, duration=duration,
-                 timeout=timeout, engine=engine)
+    inputs = dict(inputs or {})
+    samples = _Samples()
+    what = {"name": name, "channel": channel, "concurrency": concurrency, "engine": engine}
+    if engine == "http":
+        duration_s = _run_in_child(url, mcp_url, name, inputs, channel, api_key, concurrency, requests,
+                                   duration, timeout, samples, progress, progress_interval)
+    else:
+        duration_s = _run_in_kernel(url, mcp_url, name, inputs, channel, api_key, concurrency, requests,
+                                    duration, timeout, samples, progress, progress_interval)
+    if progress is not None:
+        progress(samples.snapshot(requests, duration))
+    return samples.result(duration_s, **what)
+
+
+def _run_in_child(url: str, mcp_url: str | None, name: str, inputs: dict[str, Any], channel: str,
+                  api_key: str | None, concurrency: int, requests: int | None, duration: float | None,
+                  timeout: float, samples: _Samples, progress: Callable[[BenchSnapshot], None] | None,
+                  progress_interval: float) -> float:
+    """``api``/``cli`` over bare HTTP: the load runs in a child process, this thread reads its
+    samples; the window's length in seconds."""
+    from ._loop import LoopThread
+
+    parts = urlsplit(url)
+    job = {
+        "host": parts.hostname, "port": parts.port or 80, "concurrency": concurrency,
+        "request": _request_bytes(url, name, inputs, channel, api_key).decode("latin-1"),
+        "requests": requests, "duration": duration, "timeout": timeout,
+        "flush": min(0.1, progress_interval / 2),
+    }
+    # started first: its start-up (an interpreter, asyncio) overlaps the first call
+    child = _Child(job)
+    try:
+        loop = LoopThread("nexus-bench-loop", fast=True)
+        try:
+            client = loop.run(_first_call(url, mcp_url, api_key, timeout, name, inputs, channel))
+            loop.run(client.aclose())
+        finally:
+            loop.close()
+        return child.run(samples, progress, progress_interval, requests, duration)
+    finally:
+        child.close()  # an interrupt, an error or the end: the child is stopped and reaped
+
+
+def _run_in_kernel(url: str, mcp_url: str | None, name: str, inputs: dict[str, Any], channel: str,
+                   api_key: str | None, concurrency: int, requests: int | None, duration: float | None,
+                   timeout: float, samples: _Samples, progress: Callable[[BenchSnapshot], None] | None,
+                   progress_interval: float) -> float:
+    """``mcp`` and ``engine="client"``: the load made by the client on a private loop thread."""
+    from ._loop import LoopThread
+
+    load = _ClientLoad(url=url, name=name, inputs=inputs, channel=channel, api_key=api_key,
+                       mcp_url=mcp_url, concurrency=concurrency, requests=requests, duration=duration,
+                       timeout=timeout, samples=samples)
     loop = LoopThread("nexus-bench-loop", fast=True)
-    interrupted = False
     try:
         future = loop.submit(load.run())
         try:
@@ -588,23 +723,15 @@ def run_bench(
                 if done:
                     break
                 if progress is not None and load.t0:
-                    progress(load.snapshot())
+                    progress(samples.snapshot(requests, duration))
         except KeyboardInterrupt:
-            interrupted = True
             loop.loop.call_soon_threadsafe(load.cancel)
             concurrent.futures.wait([future], 30.0)
             raise
         future.result()  # the first call's error, if any
     finally:
         loop.close()
-    if progress is not None:
-        progress(load.snapshot())
-    return BenchResult(
-        name=name, channel=channel, concurrency=concurrency, requests=len(load.oks), errors=load.errors,
-        duration_s=max(0.0, load.t_end - load.t0), error_counts=_count(load.etypes),
-        engine=engine, interrupted=interrupted, starts=load.starts, latencies_ms=load.latencies,
-        oks=load.oks, error_types=load.etypes, statuses=load.statuses,
-    )
+    return load.t_end - load.t0
 
 
 def _count(etypes: list[str | None]) -> dict[str, int]:

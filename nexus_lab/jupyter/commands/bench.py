@@ -26,7 +26,7 @@ __all__ = ["bench"]
 
 def bench(m: Any, args: argparse.Namespace, cell: Any = None) -> Any:
     """Run the load; return the :class:`~nexus_lab.jupyter.bench.BenchResult`."""
-    from ..bench import run_bench
+    from ..bench import BenchError, run_bench
 
     app = m.app(args.app)
     if not app.is_running:
@@ -40,7 +40,7 @@ def bench(m: Any, args: argparse.Namespace, cell: Any = None) -> Any:
             duration=args.duration, channel=args.channel, api_key=api_key, timeout=args.timeout,
             progress=view.update if view is not None else None,
         )
-    except ConfigError as exc:
+    except (ConfigError, BenchError) as exc:  # a bad argument, or the load generator failed
         raise UsageError(f"%nexus bench: {exc}") from None
     except NexusError as exc:  # the first call (not counted) failed: nothing was loaded
         info = describe_error(exc, args.name, args.channel, "bench", api_key, logs=m.logs, app=app)

@@ -1,0 +1,362 @@
+"""The load generator of ``%nexus bench`` (``api``/``cli``, bare HTTP), run in a process of its own.
+
+:func:`nexus_lab.jupyter.bench.run_bench` starts this file as a child process
+(``python -c <bootstrap> .../_bench_worker.py``), so that the load does not
+share the kernel's GIL with the platform it measures. It imports only the
+standard library (and uvloop when installed): no ``nexus_lab`` module, so it
+starts in well under a second, and it is started *before* the kernel makes its
+first (uncounted, validating) call, which hides most of that.
+
+Protocol - the kernel writes to the child's **stdin**:
+
+1. one line of JSON, the job: ``host``, ``port``, ``request`` (the whole HTTP
+   request, latin-1), ``concurrency``, ``requests`` (or null), ``duration``
+   (or null), ``timeout``, ``flush`` (seconds between sample batches);
+2. the line ``go`` once the first call succeeded: the load starts;
+3. end of file, at any time: stop now (the kernel was interrupted, failed or
+   died), close every connection and exit.
+
+The child writes **frames** to its stdout: a 1-byte kind, a 4-byte length
+(native order), the payload:
+
+* ``G`` - the load started (the measured window opens);
+* ``E`` - a new error type (utf-8); error types are numbered 1, 2, ... in the
+  order of these frames, 0 meaning success;
+* ``S`` - a batch of samples: ``n`` (uint32), then ``n`` starts (float64, s
+  since ``G``), ``n`` latencies (float64, ms: request written to answer read),
+  ``n`` HTTP statuses (uint16, 0 = no answer), ``n`` error types (uint16);
+  sent every ``flush`` seconds while there is something to send;
+* ``H`` - a heartbeat (nothing to send this time): the kernel knows the child
+  is alive;
+* ``D`` - done: the window's length in seconds (float64); the child exits 0;
+* ``X`` - a fatal error (utf-8 text); the child exits 1.
+
+SIGINT is ignored here: the kernel's interrupt reaches the child as the end of
+its stdin (a Jupyter interrupt may signal the whole process group).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import os
+import select
+import signal
+import struct
+import sys
+import time
+from array import array
+from typing import Any
+
+__all__ = ["HEADER", "main"]
+
+#: Frame header: kind (1 byte), payload length (uint32), native order and sizes.
+HEADER = struct.Struct("=cI")
+_COUNT = struct.Struct("=I")
+_DURATION = struct.Struct("=d")
+
+
+class _Out:
+    """Frames to the kernel on a blocking pipe (a full pipe slows the load: backpressure)."""
+
+    def __init__(self, fd: int) -> None:
+        self.fd = fd
+
+    def frame(self, kind: bytes, payload: bytes = b"") -> None:
+        data = memoryview(HEADER.pack(kind, len(payload)) + payload)
+        while data:
+            try:
+                n = os.write(self.fd, data)
+            except BlockingIOError:
+                select.select([], [self.fd], [])
+                continue
+            data = data[n:]
+
+
+class _HTTPConnection(asyncio.Protocol):
+    """One HTTP/1.1 keep-alive connection: write a request, wait for its whole answer.
+
+    Answers are read by ``Content-Length`` (what the platform sends); anything
+    else fails the request clearly.
+    """
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
+        self.buf = bytearray()
+        self.lost: BaseException | None = None
+        self.due = math.inf  # when the answer in flight is late (see _Run._watch)
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lost = exc or ConnectionResetError("the server closed the connection")
+        waiter = self.waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(self.lost)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self.buf
+        buf += data
+        end = buf.find(b"\r\n\r\n")
+        if end < 0:
+            return
+        head = bytes(buf[:end]).lower()
+        at = head.find(b"\r\ncontent-length:")
+        waiter = self.waiter
+        if at < 0:
+            if waiter is not None and not waiter.done():
+                waiter.set_exception(ConnectionError("an answer without Content-Length"))
+            return
+        stop = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : stop if stop > 0 else len(head)])
+        total = end + 4 + length
+        if len(buf) < total:
+            return
+        status = int(head[9:12])
+        body = bytes(buf[end + 4 : total])
+        del buf[:total]
+        if waiter is not None and not waiter.done():
+            waiter.set_result((status, body))
+
+    async def request(self, data: bytes) -> tuple[int, bytes]:
+        if self.lost is not None or self.transport is None:
+            raise ConnectionResetError("the connection is closed")
+        self.waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)
+        try:
+            return await self.waiter
+        finally:
+            self.waiter = None
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+
+def _error_type(status: int, body: bytes) -> str:
+    try:
+        err = json.loads(body).get("error")
+        etype = err.get("type") if isinstance(err, dict) else None
+    except (ValueError, AttributeError):
+        etype = None
+    return str(etype) if etype else f"http_{status}"
+
+
+class _Control(asyncio.Protocol):
+    """The kernel's side of the child's stdin: lines, then end of file (stop)."""
+
+    def __init__(self) -> None:
+        self.buf = bytearray()
+        self.lines: asyncio.Queue[bytes | None] = asyncio.Queue()
+        self.closed = asyncio.get_running_loop().create_future()
+
+    def data_received(self, data: bytes) -> None:
+        self.buf += data
+        while (at := self.buf.find(b"\n")) >= 0:
+            self.lines.put_nowait(bytes(self.buf[:at]))
+            del self.buf[: at + 1]
+
+    def connection_lost(self, exc: BaseException | None) -> None:
+        self.lines.put_nowait(None)
+        if not self.closed.done():
+            self.closed.set_result(None)
+
+
+class _Run:
+    """The workers of one run and the samples they record, sent to the kernel in batches."""
+
+    def __init__(self, job: dict[str, Any], out: _Out) -> None:
+        self.host, self.port = job["host"], int(job["port"])
+        self.request = str(job["request"]).encode("latin-1")
+        self.concurrency = int(job["concurrency"])
+        self.total = job.get("requests")
+        self.duration = job.get("duration")
+        self.timeout = float(job["timeout"])
+        self.flush_every = float(job.get("flush") or 0.1)
+        self.out = out
+        self.etype_ids: dict[str, int] = {}
+        self._new_batch()
+        self.issued = 0
+        self.t0 = 0.0
+        self.deadline = math.inf
+        self.stopping = False
+        self.conns: set[_HTTPConnection] = set()  # what the watchdog looks after
+
+    def _new_batch(self) -> None:
+        self.starts, self.latencies = array("d"), array("d")
+        self.statuses, self.etypes = array("H"), array("H")
+
+    async def run(self) -> None:
+        self.t0 = time.perf_counter()
+        self.deadline = self.t0 + self.duration if self.duration else math.inf
+        self.out.frame(b"G")
+        tasks = [asyncio.ensure_future(self._worker()) for _ in range(self.concurrency)]
+        helpers = [asyncio.ensure_future(self._watch()), asyncio.ensure_future(self._send_batches())]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            t_end = time.perf_counter()
+            for task in tasks + helpers:
+                task.cancel()
+            await asyncio.gather(*tasks, *helpers, return_exceptions=True)
+        self.flush()
+        self.out.frame(b"D", _DURATION.pack(t_end - self.t0))
+
+    def stop(self) -> None:
+        self.stopping = True
+
+    # -- samples -----------------------------------------------------------------------
+    def _record(self, started: float, etype: str | None, status: int) -> None:
+        now = time.perf_counter()
+        self.starts.append(started - self.t0)
+        self.latencies.append((now - started) * 1000.0)
+        self.statuses.append(status)
+        if etype is None:
+            self.etypes.append(0)
+            return
+        eid = self.etype_ids.get(etype)
+        if eid is None:  # a new type: named to the kernel before the batch that uses it
+            eid = self.etype_ids[etype] = len(self.etype_ids) + 1
+            self.out.frame(b"E", etype.encode("utf-8", "replace"))
+        self.etypes.append(eid)
+
+    def flush(self) -> bool:
+        n = len(self.etypes)
+        if not n:
+            return False
+        payload = b"".join((_COUNT.pack(n), self.starts.tobytes(), self.latencies.tobytes(),
+                            self.statuses.tobytes(), self.etypes.tobytes()))
+        self._new_batch()
+        self.out.frame(b"S", payload)
+        return True
+
+    async def _send_batches(self) -> None:
+        try:
+            while True:
+                await asyncio.sleep(self.flush_every)
+                if not self.flush():
+                    self.out.frame(b"H")
+        except OSError:  # the kernel stopped reading: stop issuing (the run then ends)
+            self.stopping = True
+            raise
+
+    # -- the load ----------------------------------------------------------------------
+    async def _watch(self) -> None:
+        """Close the connections whose answer is overdue (``timeout``), checked a few times a
+        second; the worker waiting on one records a timeout and goes on."""
+        every = min(0.25, self.timeout / 4)
+        while True:
+            await asyncio.sleep(every)
+            now = time.perf_counter()
+            for conn in [c for c in self.conns if c.due <= now]:
+                conn.close()
+            self.conns = {c for c in self.conns if c.lost is None and c.transport is not None
+                          and not c.transport.is_closing()}
+
+    def _take(self) -> bool:
+        if self.stopping or (self.total is not None and self.issued >= self.total):
+            return False
+        if time.perf_counter() >= self.deadline:
+            return False
+        self.issued += 1
+        return True
+
+    async def _worker(self) -> None:
+        loop = asyncio.get_running_loop()
+        request, timeout = self.request, self.timeout
+        conn: _HTTPConnection | None = None
+        try:
+            while self._take():
+                if conn is None or conn.lost is not None:
+                    if conn is not None:
+                        conn.close()
+                    started = time.perf_counter()
+                    try:
+                        _, conn = await loop.create_connection(_HTTPConnection, self.host, self.port)
+                    except OSError:
+                        # the server is gone: record it once per worker and stop the run
+                        self._record(started, "connection_error", 0)
+                        self.stopping = True
+                        conn = None
+                        return
+                    self.conns.add(conn)  # the run's watchdog looks after it from now on
+                started = time.perf_counter()
+                # a hung answer frees the worker: the run's watchdog closes a connection past
+                # its due time (one timer per run, not one per request: this loop is hot)
+                conn.due = started + timeout
+                try:
+                    status, body = await conn.request(request)
+                except OSError:  # reset, or closed by the watchdog
+                    timed_out = time.perf_counter() - started >= timeout
+                    self._record(started, "timeout" if timed_out else "connection_error", 0)
+                    continue
+                finally:
+                    conn.due = math.inf
+                if 200 <= status < 300:
+                    self._record(started, None, status)
+                else:
+                    self._record(started, _error_type(status, body), status)
+        finally:
+            if conn is not None:
+                conn.close()
+
+
+async def _serve(out: _Out) -> None:
+    loop = asyncio.get_running_loop()
+    control = _Control()
+    await loop.connect_read_pipe(lambda: control, sys.stdin)
+    job_line = await control.lines.get()
+    if job_line is None:
+        return  # the kernel let go before sending the job
+    job = json.loads(job_line)
+    go = await control.lines.get()
+    if go is None:
+        return  # the first call failed, or was interrupted: no load
+    run = _Run(job, out)
+    main = asyncio.ensure_future(run.run())
+    # end of stdin: stop issuing and cancel what is in flight (connections close in finally)
+    control.closed.add_done_callback(lambda _: main.cancel())
+    try:
+        await main
+    except asyncio.CancelledError:
+        pass
+
+
+def _new_loop() -> asyncio.AbstractEventLoop:
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.new_event_loop()
+    return uvloop.new_event_loop()
+
+
+def main() -> int:
+    """Run one job (see the module docstring); the exit status is 0 unless it failed."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    # frames go to a private copy of stdout; anything printed lands on stderr instead
+    out = _Out(os.dup(1))
+    os.dup2(2, 1)
+    loop = _new_loop()
+    try:
+        loop.run_until_complete(_serve(out))
+    except BrokenPipeError:
+        return 0  # the kernel stopped reading: it is gone or no longer wants the samples
+    except BaseException as exc:  # noqa: BLE001 - reported to the kernel, then exit 1
+        import traceback
+
+        text = "".join(traceback.format_exception(exc)).rstrip()
+        try:
+            out.frame(b"X", text.encode("utf-8", "replace"))
+        except OSError:
+            print(text, file=sys.stderr)
+        return 1
+    finally:
+        loop.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
