@@ -214,12 +214,14 @@ def test_store_delete(store):
 def test_store_events_bounded_and_ordered(store):
     store.create(record("a", ttl=10_000), 1000.0)
     for i in range(45):
-        store.update(
-            "a", lambda r: None, 1000.0 + i, SessionEvent(1000.0 + i, "api", "update", (f"k{i}",))
-        )
+        # the fields as the manager passes them (a tuple, or a list it fills in), or an event
+        fields = (1000.0 + i, "api", "update", (f"k{i}",))
+        event = (fields, list(fields), SessionEvent(*fields))[i % 3]
+        store.update("a", lambda r: None, 1000.0 + i, event)
     events = store.events("a", 1100.0)
     assert [e.keys for e in events] == [(f"k{i}",) for i in range(35, 45)]
-    assert all(isinstance(e, SessionEvent) for e in events)
+    assert [e.timestamp for e in events] == [1000.0 + i for i in range(35, 45)]
+    assert all(isinstance(e, SessionEvent) and e.channel == "api" for e in events)
 
 
 def test_store_incr_and_counters(store):

@@ -49,6 +49,7 @@ from typing import Any
 
 from ..errors import InputValidationError, ServiceUnavailable, SessionNotFound, SessionStateError
 from .models import (
+    EventFields,
     Session,
     SessionEvent,
     SessionRecord,
@@ -354,7 +355,7 @@ class NexusSessionManager:
         metadata: Mapping[str, Any] | None,
         ttl: float | None,
         channel: str | None,
-    ) -> tuple[SessionRecord, float, SessionEvent, dict[str, int] | None, Session]:
+    ) -> tuple[SessionRecord, float, EventFields, dict[str, int] | None, Session]:
         """The checked record of a new session and what its ``store.create`` call needs."""
         if not isinstance(user_id, str) or not user_id.strip():
             raise InputValidationError(
@@ -413,7 +414,7 @@ class NexusSessionManager:
         session = Session(
             sid, user_id, now, now, now + effective_ttl, effective_ttl, list(channels), meta, {}, {}
         )
-        return record, now, SessionEvent(now, channel, "create", ()), incr, session
+        return record, now, (now, channel, "create", ()), incr, session
 
     def update_session_state(
         self, session_id: str, updates: Mapping[str, Any], channel: str = "api"
@@ -467,7 +468,7 @@ class NexusSessionManager:
                 rec.channels.append(channel)
             return merged
 
-        event = SessionEvent(now, channel, "update", tuple(updates))
+        event = (now, channel, "update", tuple(updates))  # EventFields: a tuple is cheapest
         return self._store_update(session_id, mutate, now, event, incr)
 
     def apply_session_update(
@@ -523,7 +524,7 @@ class NexusSessionManager:
         compute: Callable[[dict[str, Any]], Mapping[str, Any]],
         channel: str,
         pure: bool = False,
-    ) -> tuple[str, Callable[[SessionRecord], dict[str, Any]], float, SessionEvent, dict[str, int]]:
+    ) -> tuple[str, Callable[[SessionRecord], dict[str, Any]], float, EventFields, dict[str, int]]:
         """The ``store.update`` arguments of :meth:`apply_session_update`."""
         if not callable(compute):
             raise TypeError(f"compute must be callable, not {type(compute).__name__}")
@@ -534,7 +535,7 @@ class NexusSessionManager:
         now = self._clock()
         limit = self.max_state_bytes
         default_ttl = self.session_ttl
-        event = SessionEvent(now, channel, "update", ())
+        event = [now, channel, "update", ()]  # keys filled in by mutate
 
         def mutate(rec: SessionRecord) -> dict[str, Any]:
             text = rec.state_json
@@ -559,7 +560,7 @@ class NexusSessionManager:
                 writers[key] = stamp
             if channel not in rec.channels:
                 rec.channels.append(channel)
-            event.keys = tuple(upd)  # known only now; the store logs the event after mutate
+            event[3] = tuple(upd)  # known only now; the store logs the event after mutate
             return merged
 
         return session_id, mutate, now, event, incr
@@ -600,7 +601,7 @@ class NexusSessionManager:
                 text = self._store_update(session_id, touch_record, now)
             else:
                 text = self._store_update(
-                    session_id, touch_record, now, SessionEvent(now, channel, "read", ()), incr
+                    session_id, touch_record, now, (now, channel, "read", ()), incr
                 )
         except SessionNotFound:
             return {}
@@ -659,7 +660,7 @@ class NexusSessionManager:
                 rec = self._store_update(session_id, touch_record, now)
             else:
                 rec = self._store_update(
-                    session_id, touch_record, now, SessionEvent(now, channel, "read", ()), incr
+                    session_id, touch_record, now, (now, channel, "read", ()), incr
                 )
         except SessionNotFound:
             return None

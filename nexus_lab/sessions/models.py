@@ -48,7 +48,7 @@ import html
 import json
 import math
 import uuid
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -56,6 +56,7 @@ __all__ = [
     "Session",
     "SessionEvent",
     "SessionRecord",
+    "EventFields",
     "encode_json",
     "encode_json_bytes",
     "decode_json",
@@ -320,6 +321,15 @@ class SessionRecord:
         )
 
 
+#: What the manager hands a store to log: ``(timestamp, channel, action, keys)``, a
+#: :class:`SessionEvent`'s fields in order. A plain tuple, because it is built on every
+#: call (a third of the price of a ``SessionEvent``); a list when ``keys`` are known only
+#: once ``mutate`` has run (``apply_session_update``). Stores read it by position after
+#: ``mutate`` returns (``ts, channel, action, keys = event``), which a ``SessionEvent``
+#: also allows, and build ``SessionEvent`` objects only when events are read.
+EventFields = Sequence[Any]
+
+
 @dataclass(slots=True)
 class SessionEvent:
     """One entry of a session's activity log.
@@ -339,6 +349,10 @@ class SessionEvent:
     channel: str | None
     action: EventAction
     keys: tuple[str, ...] = ()
+
+    def __iter__(self) -> Iterator[Any]:
+        """The fields in order, so an event unpacks like the :data:`EventFields` a store logs."""
+        return iter((self.timestamp, self.channel, self.action, self.keys))
 
     def to_dict(self) -> dict[str, Any]:
         """``{"timestamp", "channel", "action", "keys"}`` with ``keys`` as a list."""

@@ -65,7 +65,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ...errors import ConfigError
-from ..models import SessionEvent, SessionRecord
+from ..models import EventFields, SessionEvent, SessionRecord
 
 if TYPE_CHECKING:  # pragma: no cover
     from .memory import MemorySessionStore
@@ -106,6 +106,11 @@ class SessionStore(ABC):
     it defaults to ``True``, the safe answer for a store that talks to a
     file or a server.
 
+    ``event`` arguments are :data:`~nexus_lab.sessions.models.EventFields`:
+    ``(timestamp, channel, action, keys)`` by position (``ts, channel, action,
+    keys = event``), read once ``mutate`` has returned; ``events()`` returns
+    :class:`SessionEvent` objects made from them.
+
     Example::
 
         class MyStore(SessionStore):
@@ -124,7 +129,7 @@ class SessionStore(ABC):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         """Insert ``record``; ``False`` (nothing written) if a live session has its id.
@@ -147,7 +152,7 @@ class SessionStore(ABC):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
         """Atomic read-modify-write of one live record.
@@ -209,7 +214,7 @@ class SessionStore(ABC):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
         """:meth:`update`, awaitable. ``mutate`` may run on another thread than the caller's."""
@@ -219,7 +224,7 @@ class SessionStore(ABC):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         """:meth:`create`, awaitable."""

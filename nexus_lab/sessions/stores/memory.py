@@ -18,7 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from ...errors import SessionNotFound
-from ..models import SessionEvent, SessionRecord
+from ..models import EventFields, SessionEvent, SessionRecord
 from . import COUNTER_CREATED, COUNTER_DELETED, COUNTER_EXPIRED, SessionStore
 
 __all__ = ["MemorySessionStore"]
@@ -48,7 +48,7 @@ class MemorySessionStore(SessionStore):
     def __init__(self, max_events: int = 100) -> None:
         self.max_events = max_events
         self._lock = threading.Lock()
-        self._sessions: dict[str, tuple[SessionRecord, list[SessionEvent]]] = {}
+        self._sessions: dict[str, tuple[SessionRecord, list[EventFields]]] = {}
         self._by_user: dict[str, set[str]] = {}
         self._counters: dict[str, int] = {}
         self._closed = False
@@ -66,7 +66,7 @@ class MemorySessionStore(SessionStore):
         c = self._counters
         c[counter] = c.get(counter, 0) + n
 
-    def _live(self, session_id: str, now: float) -> tuple[SessionRecord, list[SessionEvent]] | None:
+    def _live(self, session_id: str, now: float) -> tuple[SessionRecord, list[EventFields]] | None:
         entry = self._sessions.get(session_id)
         if entry is None or entry[0].expires_at <= now:
             return None
@@ -77,11 +77,11 @@ class MemorySessionStore(SessionStore):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         sid = record.session_id
-        log: list[SessionEvent] = [event] if event is not None and self.max_events > 0 else []
+        log: list[EventFields] = [event] if event is not None and self.max_events > 0 else []
         with self._lock:
             old = self._sessions.get(sid)
             if old is not None:
@@ -120,7 +120,7 @@ class MemorySessionStore(SessionStore):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
         lock = self._lock
@@ -168,7 +168,7 @@ class MemorySessionStore(SessionStore):
             entry = self._live(session_id, now)
             if entry is None:
                 return []
-            return [SessionEvent(e.timestamp, e.channel, e.action, e.keys) for e in entry[1]]
+            return [SessionEvent(*e) for e in entry[1]]  # the log holds the fields; new objects
 
     def delete_expired(self, now: float) -> int:
         with self._lock:

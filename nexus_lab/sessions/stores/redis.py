@@ -149,7 +149,7 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from ...errors import ConfigError, ServiceUnavailable, SessionNotFound
-from ..models import SessionEvent, SessionRecord, decode_json, encode_json
+from ..models import EventFields, SessionEvent, SessionRecord, decode_json, encode_json
 from . import COUNTER_CREATED, COUNTER_DELETED, COUNTER_EXPIRED, SessionStore
 from ._redis_async import AVAILABLE as _ASYNC_CLIENT_AVAILABLE
 from ._redis_async import Endpoint, LoopClients, LuaScript, reply_hash
@@ -333,10 +333,11 @@ def _record(session_id: str, h: Mapping[str, str]) -> SessionRecord:
     )
 
 
-def _event_text(event: SessionEvent | None) -> str:
+def _event_text(event: EventFields | None) -> str:
     if event is None:
         return ""
-    return encode_json([event.timestamp, event.channel, event.action, list(event.keys)])
+    ts, channel, action, keys = event
+    return encode_json([ts, channel, action, list(keys)])
 
 
 def _event(text: str) -> SessionEvent:
@@ -559,7 +560,7 @@ class RedisSessionStore(SessionStore):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None,
+        event: EventFields | None,
         incr: Mapping[str, int] | None,
     ) -> tuple[list[str], list[Any]]:
         """``_CREATE``'s keys and args (and the session's guess forgotten)."""
@@ -595,7 +596,7 @@ class RedisSessionStore(SessionStore):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None,
+        event: EventFields | None,
         incr: Mapping[str, int] | None,
     ) -> Generator[_Step, Any, T]:
         """``update``'s algorithm without its I/O, driven by :meth:`update` and :meth:`aupdate`.
@@ -698,7 +699,7 @@ class RedisSessionStore(SessionStore):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         self._check_write()
@@ -713,7 +714,7 @@ class RedisSessionStore(SessionStore):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
         self._check_write()
@@ -849,7 +850,7 @@ class RedisSessionStore(SessionStore):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
         self._check_write()
@@ -894,7 +895,7 @@ class RedisSessionStore(SessionStore):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         self._check_write()

@@ -70,7 +70,7 @@ from queue import Empty, SimpleQueue
 from typing import Any, TypeVar
 
 from ...errors import ConfigError, SessionNotFound
-from ..models import SessionEvent, SessionRecord, decode_json, encode_json
+from ..models import EventFields, SessionEvent, SessionRecord, decode_json, encode_json
 from . import COUNTER_CREATED, COUNTER_DELETED, COUNTER_EXPIRED, SessionStore
 
 __all__ = ["SQLiteSessionStore"]
@@ -810,18 +810,10 @@ class SQLiteSessionStore(SessionStore):
             counts.clear()
 
     def _log(
-        self, conn: sqlite3.Connection, session_id: str, event: SessionEvent, seq: int
+        self, conn: sqlite3.Connection, session_id: str, event: EventFields, seq: int
     ) -> None:
-        conn.execute(
-            _LOG,
-            (
-                session_id,
-                event.timestamp,
-                event.channel,
-                event.action,
-                encode_json(event.keys),
-            ),
-        )
+        ts, channel, action, keys = event
+        conn.execute(_LOG, (session_id, ts, channel, action, encode_json(keys)))
         if seq % _TRIM_EVERY == 0:
             self._trim(conn, session_id)
 
@@ -841,7 +833,7 @@ class SQLiteSessionStore(SessionStore):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         return self._submit(self._create_op(record, now, event, incr))
@@ -850,7 +842,7 @@ class SQLiteSessionStore(SessionStore):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> bool:
         """:meth:`create`, committed by the writer thread's batch (see the module docs)."""
@@ -860,7 +852,7 @@ class SQLiteSessionStore(SessionStore):
         self,
         record: SessionRecord,
         now: float,
-        event: SessionEvent | None,
+        event: EventFields | None,
         incr: Mapping[str, int] | None,
     ) -> Callable[[sqlite3.Connection, _Op], bool]:
         sid = record.session_id
@@ -909,7 +901,7 @@ class SQLiteSessionStore(SessionStore):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
         return self._submit(self._update_op(session_id, mutate, now, event, incr), barrier=False)
@@ -919,7 +911,7 @@ class SQLiteSessionStore(SessionStore):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None = None,
+        event: EventFields | None = None,
         incr: Mapping[str, int] | None = None,
     ) -> T:
         """:meth:`update`, committed by the writer thread's batch: ``mutate`` runs there.
@@ -934,7 +926,7 @@ class SQLiteSessionStore(SessionStore):
         session_id: str,
         mutate: Callable[[SessionRecord], T],
         now: float,
-        event: SessionEvent | None,
+        event: EventFields | None,
         incr: Mapping[str, int] | None,
     ) -> Callable[[sqlite3.Connection, _Op], T]:
         def op(conn: sqlite3.Connection, me: _Op) -> T:
@@ -956,13 +948,8 @@ class SQLiteSessionStore(SessionStore):
                 session_id,
             )
             if event is not None:  # written by the batch, with the other updates' events
-                me.log = (
-                    session_id,
-                    event.timestamp,
-                    event.channel,
-                    event.action,
-                    encode_json(event.keys),  # after mutate: apply_session_update sets keys then
-                )
+                ts, channel, action, keys = event  # after mutate: apply_session_update sets keys
+                me.log = (session_id, ts, channel, action, encode_json(keys))
                 if seq % _TRIM_EVERY == 0:
                     me.trim = session_id
             me.incr = incr
