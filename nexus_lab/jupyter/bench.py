@@ -308,7 +308,14 @@ def render_bench_chart(channel: str, samples: list[tuple[float, float, bool]], c
 
 # ----------------------------------------------------------------------------- the load
 class BenchError(RuntimeError):
-    """The load generator failed - e.g. its process died or stopped answering; nothing is returned."""
+    """The load generator failed - e.g. its process died or stopped answering; nothing is returned.
+
+    The message is one line; ``detail`` holds what more there is (the child's traceback, if any).
+    """
+
+    def __init__(self, message: str, detail: str = "") -> None:
+        super().__init__(message)
+        self.detail = detail
 
 
 class _Samples:
@@ -550,9 +557,10 @@ class _Child:
                 samples.t0 = time.perf_counter()
             elif kind == b"D":
                 (self.duration_s,) = struct.unpack("=d", payload)
-            elif kind == b"X":
-                raise BenchError(f"the load generator (process {self.pid}) failed:\n"
-                                 f"{payload.decode('utf-8', 'replace')}")
+            elif kind == b"X":  # its traceback: the last line says, the whole is kept
+                text = payload.decode("utf-8", "replace")
+                last = (text.strip().splitlines() or ["?"])[-1]
+                raise BenchError(f"the load generator (process {self.pid}) failed: {last}", detail=text)
             # b"H": a heartbeat, nothing to do
         del buf[:at]
 
@@ -573,10 +581,10 @@ class _Child:
         if self.proc.stderr is not None:
             with contextlib.suppress(OSError):
                 err = self.proc.stderr.read()
-        tail = err.decode("utf-8", "replace").strip().splitlines()[-5:]
-        said = (": " + " / ".join(tail)) if tail else ""
+        text = err.decode("utf-8", "replace").strip()
+        said = f": {text.splitlines()[-1]}" if text else ""
         return BenchError(f"the load generator (process {self.pid}) died before the end of the "
-                          f"run ({how}){said}")
+                          f"run ({how}){said}", detail=text)
 
     def close(self) -> None:
         """Stop the child (end of its stdin: it closes its connections and exits), kill it if it
