@@ -1042,15 +1042,63 @@ def _socket_fds() -> int:
     return count
 
 
+def _bench_children(monkeypatch) -> list[subprocess.Popen]:
+    """The load-generator processes the benches of this test start (their ``Popen``)."""
+    from nexus_lab.jupyter import bench as bench_module
+
+    children: list[subprocess.Popen] = []
+    real_init = bench_module._Child.__init__
+
+    def init(self: Any, job: dict) -> None:
+        real_init(self, job)
+        children.append(self.proc)
+
+    monkeypatch.setattr(bench_module._Child, "__init__", init)
+    return children
+
+
+def _reaped(proc: subprocess.Popen) -> bool:
+    """The process has ended and was waited for: neither running nor a zombie of ours."""
+    if proc.returncode is None:
+        return False
+    try:
+        os.waitpid(proc.pid, os.WNOHANG)
+    except ChildProcessError:
+        return True  # not our child any more: reaped
+    return False
+
+
+class _AnswersThenBlocks:
+    """A deployable function: the first ``answered`` calls answer, the next ones block until
+    released; ``blocked`` is set when the first of them starts."""
+
+    def __init__(self, answered: int = 1) -> None:
+        self.answered = answered
+        self.calls = 0
+        self.lock = threading.Lock()
+        self.blocked = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, query: str) -> dict:
+        with self.lock:
+            self.calls += 1
+            block = self.calls > self.answered
+        if block:
+            self.blocked.set()
+            self.release.wait(DEADLINE)
+        return {"response": query}
+
+
 @pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts sockets in /proc")
 @pytest.mark.parametrize("channel", ["api", "mcp", "cli"])
-def test_bench_measures_and_leaves_nothing_behind(served, channel):
+def test_bench_measures_and_leaves_nothing_behind(served, channel, monkeypatch):
     from nexus_lab.jupyter.bench import BenchResult
 
     app = served.user_ns["nexus_app"]
     nexus(served, "call add a=1 --channel mcp")  # the magics' own client is open already
     threads = set(threading.enumerate())
     sockets = _socket_fds()
+    children = _bench_children(monkeypatch)
     before = app.metrics.get_summary().get(channel, {}).get("count", 0)
     result = nexus(served, f"bench add -n 60 -c 4 --channel {channel} --input a=1 b=2 --quiet")
     assert isinstance(result, BenchResult)
@@ -1068,6 +1116,10 @@ def test_bench_measures_and_leaves_nothing_behind(served, channel):
     # ends with %nexus stop, see test_dashboards_share_one_thread_that_stop_and_unload_end)
     assert [n for n in new_threads(threads) if not n.startswith("nexus-agent")] == []
     wait_for(lambda: _socket_fds() <= sockets, what="the bench's sockets to close")
+    # api/cli load ran in a child process, gone and reaped; mcp load stays in the kernel
+    assert len(children) == (0 if channel == "mcp" else 1)
+    assert all(_reaped(proc) and proc.returncode == 0 for proc in children)
+    assert result.engine == ("client" if channel == "mcp" else "http")
 
 
 def test_bench_counts_errors_by_type(ip):
@@ -1143,13 +1195,15 @@ def test_run_bench_times_out_a_hung_answer_and_goes_on():
     assert len(calls) == 4  # the worker went on after each timeout, on a new connection
 
 
-def test_bench_interrupted_leaves_nothing_behind(ip):
+def test_bench_interrupted_leaves_nothing_behind(ip, monkeypatch):
     blocking = _Blocking()
     ip.user_ns["slow"] = blocking
     nexus(ip, "deploy slow")
     before = set(threading.enumerate())
     nexus(ip, "start")
-    # the first (uncounted) call blocks: interrupt it there, then once the load runs
+    children = _bench_children(monkeypatch)
+    # the first (uncounted) call blocks: interrupt it there (the load generator is already
+    # starting: it overlaps that call)
     interrupter = _interrupt_when(blocking.started)
     try:
         with pytest.raises(KeyboardInterrupt):
@@ -1158,8 +1212,107 @@ def test_bench_interrupted_leaves_nothing_behind(ip):
     finally:
         blocking.release.set()
     assert "nexus-bench-loop" not in new_threads(before)
+    assert len(children) == 1 and _reaped(children[0])  # stopped before any load, and waited for
     nexus(ip, "stop")
     assert new_threads(before) == []
+
+
+@pytest.mark.skipif(not os.path.isdir("/proc/self/fd"), reason="counts sockets in /proc")
+@pytest.mark.parametrize("channel", ["api", "cli"])
+def test_bench_interrupted_during_the_load_stops_its_process(ip, monkeypatch, channel):
+    """An interrupt while the child process loads: it is stopped and reaped, its connections
+    closed, and the kernel keeps no thread of the bench."""
+    slow = _AnswersThenBlocks(answered=1)  # the first call answers; the load's calls block
+    ip.user_ns["slow"] = slow
+    nexus(ip, "deploy slow")
+    nexus(ip, "start")
+    before = set(threading.enumerate())
+    sockets = _socket_fds()
+    children = _bench_children(monkeypatch)
+    interrupter = _interrupt_when(slow.blocked)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            nexus(ip, f"bench slow -n 50 -c 4 --channel {channel} --input query=x --quiet")
+        interrupter.join()
+        assert len(children) == 1 and _reaped(children[0])
+        assert [n for n in new_threads(before) if not n.startswith("nexus-agent")] == []
+    finally:
+        slow.release.set()
+    # the server's ends of the child's connections close once the blocked calls return
+    wait_for(lambda: _socket_fds() <= sockets, what="the bench's connections to close")
+    assert nexus(ip, "bench slow -n 5 -c 1 --input query=y --quiet").requests == 5  # it goes on
+    nexus(ip, "stop")
+
+
+def test_bench_whose_load_process_dies_says_so(served, monkeypatch):
+    """The child killed mid-run: a clear one-line error at once (not a hang), nothing left."""
+    from nexus_lab.widgets import BenchProgress
+
+    children = _bench_children(monkeypatch)
+    threads = set(threading.enumerate())
+    real_update = BenchProgress.update
+
+    def update(self: Any, snap: Any) -> None:
+        real_update(self, snap)
+        if snap.done and children[0].poll() is None:  # samples came back: it is loading
+            children[0].kill()
+
+    monkeypatch.setattr(BenchProgress, "update", update)
+    message = _usage_error(served, f"bench add --duration {DEADLINE * 3:g} -c 2 --input a=1")
+    assert message.startswith("%nexus bench: the load generator (process ")
+    assert "died before the end of the run (killed by SIGKILL)" in message
+    assert len(children) == 1 and _reaped(children[0])
+    assert [n for n in new_threads(threads) if not n.startswith("nexus-agent")] == []
+    assert nexus(served, "bench add -n 10 -c 2 --input a=1 --quiet").requests == 10  # it goes on
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="stops the child with SIGSTOP")
+def test_run_bench_stops_a_load_process_that_stops_answering(served, monkeypatch):
+    """A child that sends nothing (here: stopped) for STALL_S fails the run; it is killed."""
+    from nexus_lab.jupyter import bench as bench_module
+    from nexus_lab.jupyter.bench import BenchError, run_bench
+
+    monkeypatch.setattr(bench_module, "STALL_S", 2.0)
+    children = _bench_children(monkeypatch)
+
+    def progress(snap: Any) -> None:
+        if snap.done and children[0].poll() is None:
+            os.kill(children[0].pid, signal.SIGSTOP)
+
+    app = served.user_ns["nexus_app"]
+    with pytest.raises(BenchError, match="sent nothing for 2 s"):
+        run_bench(app, "add", {"a": 1}, duration=DEADLINE * 3, concurrency=2, progress=progress,
+                  progress_interval=0.05)
+    assert len(children) == 1 and _reaped(children[0])
+
+
+def test_run_bench_streams_samples_while_it_runs():
+    """The progress view fills in from the child's batches during the run, not at its end:
+    the load's 6th call blocks until a progress snapshot has shown the first 5."""
+    from nexus_lab import Nexus, deploy_multi_channel
+    from nexus_lab.jupyter.bench import run_bench
+
+    gated = _AnswersThenBlocks(answered=6)  # the first (uncounted) call, then 5 of the load
+    seen: list[Any] = []
+
+    def progress(snap: Any) -> None:
+        seen.append(snap)
+        if snap.done >= 5:
+            gated.release.set()
+
+    app = Nexus(api_port=0, mcp_port=0, auto_discovery=False)
+    deploy_multi_channel(gated, app, "gated")
+    app.start(block=False)
+    try:
+        result = run_bench(app, "gated", {"query": "hi"}, requests=20, concurrency=1,
+                           progress=progress, progress_interval=0.05)
+    finally:
+        gated.release.set()
+        app.close()
+    assert (result.requests, result.errors) == (20, 0)
+    first = next(snap for snap in seen if snap.done >= 5)
+    assert first.done == 5 and len(first.samples) == 5  # seen while the 6th call was blocked
+    assert first is not seen[-1] and seen[-1].done == 20
 
 
 def test_bench_live_view_fills_in_and_goes(served, monkeypatch):
