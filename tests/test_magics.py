@@ -1049,8 +1049,8 @@ def _bench_children(monkeypatch) -> list[subprocess.Popen]:
     children: list[subprocess.Popen] = []
     real_init = bench_module._Child.__init__
 
-    def init(self: Any, job: dict) -> None:
-        real_init(self, job)
+    def init(self: Any, *args: Any, **kwargs: Any) -> None:
+        real_init(self, *args, **kwargs)
         children.append(self.proc)
 
     monkeypatch.setattr(bench_module._Child, "__init__", init)
@@ -1284,6 +1284,21 @@ def test_run_bench_stops_a_load_process_that_stops_answering(served, monkeypatch
         run_bench(app, "add", {"a": 1}, duration=DEADLINE * 3, concurrency=2, progress=progress,
                   progress_interval=0.05)
     assert len(children) == 1 and _reaped(children[0])
+
+
+def test_run_bench_reports_a_failing_load_process():
+    """A load generator that fails (here: a job without a host) says why in one line; its
+    traceback is kept in ``detail``; it is reaped."""
+    from nexus_lab.jupyter.bench import BenchError, _Child, _Samples
+
+    child = _Child()
+    try:
+        with pytest.raises(BenchError, match=r"^the load generator \(process \d+\) failed: KeyError: 'host'$") as info:
+            child.run({}, _Samples(), None, 0.25, None, None)
+        assert "Traceback" in info.value.detail
+    finally:
+        child.close()
+    assert _reaped(child.proc) and child.proc.returncode == 1
 
 
 def test_run_bench_streams_samples_while_it_runs():

@@ -9,11 +9,11 @@ first (uncounted, validating) call, which hides most of that.
 
 Protocol - the kernel writes to the child's **stdin**:
 
-1. one line of JSON, the job: ``host``, ``port``, ``request`` (the whole HTTP
-   request, latin-1), ``concurrency``, ``requests`` (or null), ``duration``
-   (or null), ``timeout``, ``flush`` (seconds between sample batches);
-2. the line ``go`` once the first call succeeded: the load starts;
-3. end of file, at any time: stop now (the kernel was interrupted, failed or
+1. once the first call succeeded, one line of JSON, the job: ``host``,
+   ``port``, ``request`` (the whole HTTP request, latin-1), ``concurrency``,
+   ``requests`` (or null), ``duration`` (or null), ``timeout``, ``flush``
+   (seconds between sample batches); the load starts at once;
+2. end of file, at any time: stop now (the kernel was interrupted, failed or
    died), close every connection and exit.
 
 The child writes **frames** to its stdout: a 1-byte kind, a 4-byte length
@@ -308,14 +308,10 @@ async def _serve(out: _Out) -> None:
     loop = asyncio.get_running_loop()
     control = _Control()
     await loop.connect_read_pipe(lambda: control, sys.stdin)
-    job_line = await control.lines.get()
-    if job_line is None:
-        return  # the kernel let go before sending the job
-    job = json.loads(job_line)
-    go = await control.lines.get()
-    if go is None:
+    job = await control.lines.get()
+    if job is None:
         return  # the first call failed, or was interrupted: no load
-    run = _Run(job, out)
+    run = _Run(json.loads(job), out)
     main = asyncio.ensure_future(run.run())
     # end of stdin: stop issuing and cancel what is in flight (connections close in finally)
     control.closed.add_done_callback(lambda _: main.cancel())

@@ -73,7 +73,7 @@ import contextlib
 import json
 import math
 import os
-import select
+import selectors
 import signal
 import struct
 import subprocess
@@ -475,10 +475,11 @@ class _ClientLoad:
 
 
 class _Child:
-    """The http load generator in its own process (:mod:`._bench_worker`): started, fed its
-    job, read, and always stopped and reaped by :meth:`close`."""
+    """The http load generator in its own process (:mod:`._bench_worker`): started (it then
+    waits for its job), given its job by :meth:`run` and read until the end; always stopped
+    and reaped by :meth:`close`."""
 
-    def __init__(self, job: dict[str, Any]) -> None:
+    def __init__(self) -> None:
         try:
             self.proc = subprocess.Popen(
                 [sys.executable, "-c", _BOOT, _WORKER], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
@@ -488,11 +489,6 @@ class _Child:
             raise BenchError(f"could not start the load generator ({sys.executable}): {exc}") from exc
         self.buf = bytearray()
         self.duration_s: float | None = None
-        try:
-            self._send(json.dumps(job, separators=(",", ":")).encode() + b"\n")
-        except BaseException:
-            self.close()
-            raise
 
     @property
     def pid(self) -> int:
@@ -506,18 +502,26 @@ class _Child:
         except OSError:  # a broken pipe: the child is gone
             raise self._died() from None
 
-    def run(self, samples: _Samples, progress: Callable[[BenchSnapshot], None] | None,
+    def run(self, job: dict[str, Any], samples: _Samples, progress: Callable[[BenchSnapshot], None] | None,
             interval: float, total: int | None, duration: float | None) -> float:
         """Start the load, collect its samples until it is done; the window's length in seconds."""
         assert self.proc.stdout is not None
+        self._send(json.dumps(job, separators=(",", ":")).encode() + b"\n")  # the load starts
+        with selectors.DefaultSelector() as selector:  # not select(): no limit on the fd's number
+            selector.register(self.proc.stdout, selectors.EVENT_READ)
+            return self._collect(selector, samples, progress, interval, total, duration)
+
+    def _collect(self, selector: selectors.BaseSelector, samples: _Samples,
+                 progress: Callable[[BenchSnapshot], None] | None, interval: float,
+                 total: int | None, duration: float | None) -> float:
+        assert self.proc.stdout is not None
         fd = self.proc.stdout.fileno()
-        self._send(b"go\n")
         heard = time.monotonic()
         tick = math.inf  # the next progress snapshot, once the window is open
         while self.duration_s is None:
             now = time.monotonic()
             wait = min(heard + STALL_S, tick) - now
-            ready, _, _ = select.select([fd], [], [], max(0.0, wait))
+            ready = selector.select(max(0.0, wait))
             now = time.monotonic()
             if ready:
                 data = os.read(fd, 1 << 20)
@@ -691,15 +695,9 @@ def _run_in_child(url: str, mcp_url: str | None, name: str, inputs: dict[str, An
     samples; the window's length in seconds."""
     from ._loop import LoopThread
 
-    parts = urlsplit(url)
-    job = {
-        "host": parts.hostname, "port": parts.port or 80, "concurrency": concurrency,
-        "request": _request_bytes(url, name, inputs, channel, api_key).decode("latin-1"),
-        "requests": requests, "duration": duration, "timeout": timeout,
-        "flush": min(0.1, progress_interval / 2),
-    }
-    # started first: its start-up (an interpreter, asyncio) overlaps the first call
-    child = _Child(job)
+    # started first: its start-up (an interpreter, asyncio) overlaps the first call; it gets
+    # its job once that call has passed
+    child = _Child()
     try:
         loop = LoopThread("nexus-bench-loop", fast=True)
         try:
@@ -707,7 +705,14 @@ def _run_in_child(url: str, mcp_url: str | None, name: str, inputs: dict[str, An
             loop.run(client.aclose())
         finally:
             loop.close()
-        return child.run(samples, progress, progress_interval, requests, duration)
+        parts = urlsplit(url)
+        job = {
+            "host": parts.hostname, "port": parts.port or 80, "concurrency": concurrency,
+            "request": _request_bytes(url, name, inputs, channel, api_key).decode("latin-1"),
+            "requests": requests, "duration": duration, "timeout": timeout,
+            "flush": max(0.01, min(0.1, progress_interval / 2)),
+        }
+        return child.run(job, samples, progress, progress_interval, requests, duration)
     finally:
         child.close()  # an interrupt, an error or the end: the child is stopped and reaped
 
