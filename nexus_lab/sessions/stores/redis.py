@@ -9,11 +9,15 @@ Keys, under a prefix (default ``nexus:``) so several apps can share one server:
 ==============================  ===============================================================
 ``{prefix}s:{session_id}``      hash: the record (user, times, ttl, metadata, channels,
                                 writers, state) and ``v``, the token of the last write
-``{prefix}e:{session_id}``      list: the last ``max_events`` events (``RPUSH`` + ``LTRIM``)
+``{prefix}e:{session_id}``      list: the last ``max_events`` events (``RPUSH``; ``LTRIM``
+                                once it holds 16 more, so one update in 16 trims)
 ``{prefix}u:{user_id}``         sorted set: the user's session ids by ``created_at``
-``{prefix}x``                   sorted set: every session id by ``expires_at``
-                                (``delete_expired`` and ``list(None)`` read a range of it;
-                                ``count()`` is its ``ZCARD``, O(1))
+``{prefix}x``                   sorted set: every session id by ``expires_at``, as a lower
+                                bound at most a minute old (the hash's ``xi``: an update
+                                moves the entry only when it lags by more; most skip that
+                                ``ZADD``). ``delete_expired`` reads the range up to now and
+                                repairs an entry it finds early; ``list(None)`` reads from a
+                                minute back; ``count()`` is its ``ZCARD``, O(1)
 ``{prefix}n``                   hash: the counters (``get_session_metrics``)
 ``{prefix}t:{token}``           a one-minute marker that makes a retried delete/incr count once
 ==============================  ===============================================================
@@ -170,6 +174,14 @@ _MARKER_MS = 60_000  # how long a delete/incr token is remembered (covers any cl
 _EXPIRE_CHUNK = 500  # sessions removed per delete_expired script: keeps each script short
 _GUESSES = 1024  # records remembered per store as update's first guess (see update)
 _GUESS_MAX_STATE = 16_384  # ... only when their state is at most this long (bounded memory)
+# An update moves a session's entry in the expiry index ({prefix}x) only when the entry lags
+# the new expires_at by more than this many seconds (or a quarter of the session's TTL):
+# the entry stays a lower bound of expires_at, delete_expired repairs an entry it finds
+# early, and list(None) reads this far back. Most updates then skip the ZADD, the costliest
+# command of the update script (17 us of its ~45 on a small index, whose listpack ZADD
+# re-parses every score).
+_INDEX_LAG = 60
+_TRIM_SLACK = 16  # an event list is trimmed back to max_events once it holds this many more
 
 # Record fields in the hash. Numbers are stored as Python reprs: Lua's tonumber reads them
 # back exactly (a float repr round-trips through strtod), and ints stay ints.
@@ -193,7 +205,8 @@ elseif redis.call('ZSCORE', KEYS[3], ARGV[2]) then
 end
 local ms = tonumber(ARGV[4])
 redis.call('HSET', KEYS[1], 'u', ARGV[6], 'c', ARGV[7], 'a', ARGV[8], 'e', ARGV[9],
-  't', ARGV[10], 'm', ARGV[11], 'ch', ARGV[12], 'w', ARGV[13], 's', ARGV[14], 'v', ARGV[5])
+  't', ARGV[10], 'm', ARGV[11], 'ch', ARGV[12], 'w', ARGV[13], 's', ARGV[14], 'v', ARGV[5],
+  'xi', ARGV[9])
 redis.call('PEXPIRE', KEYS[1], ms)
 redis.call('ZADD', KEYS[3], ARGV[9], ARGV[2])
 redis.call('ZADD', KEYS[5], ARGV[7], ARGV[2])
@@ -211,24 +224,33 @@ return 1
 
 # KEYS: hash, events, expiry zset, counters, user zset
 # ARGV: token read, new token, sid, ttl_ms, a, e, t, m, ch, w, s, event, max_events, pairs...
-_COMMIT = """
-local cur = redis.call('HGET', KEYS[1], 'v')
-if cur ~= ARGV[1] then
-  if cur == ARGV[2] then return 1 end  -- our own write, retried after a lost reply
+_COMMIT = f"""
+local cur = redis.call('HMGET', KEYS[1], 'v', 'xi')
+if cur[1] ~= ARGV[1] then
+  if cur[1] == ARGV[2] then return 1 end  -- our own write, retried after a lost reply
   -- changed (or deleted: empty) since the caller's copy: hand it the current record, so
   -- its next attempt needs no separate read
   return redis.call('HGETALL', KEYS[1])
 end
 local ms = tonumber(ARGV[4])
+-- the expiry index may lag the record by a little (see _INDEX_LAG): most updates skip ZADD
+local e = tonumber(ARGV[6])
+local xi = cur[2]
+local lag = e - (tonumber(xi) or -1)
+if lag < 0 or lag > math.min({_INDEX_LAG}, (e - tonumber(ARGV[5])) / 4) then
+  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
+  xi = ARGV[6]
+end
 redis.call('HSET', KEYS[1], 'a', ARGV[5], 'e', ARGV[6], 't', ARGV[7], 'm', ARGV[8],
-  'ch', ARGV[9], 'w', ARGV[10], 's', ARGV[11], 'v', ARGV[2])
+  'ch', ARGV[9], 'w', ARGV[10], 's', ARGV[11], 'v', ARGV[2], 'xi', xi)
 redis.call('PEXPIRE', KEYS[1], ms)
-redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
 if redis.call('PTTL', KEYS[5]) < ms then redis.call('PEXPIRE', KEYS[5], ms) end
 local n = tonumber(ARGV[13])
 if ARGV[12] ~= '' and n > 0 then
-  redis.call('RPUSH', KEYS[2], ARGV[12])
-  redis.call('LTRIM', KEYS[2], -n, -1)
+  -- trimmed once it holds _TRIM_SLACK more than it keeps: events() reads the last n
+  if redis.call('RPUSH', KEYS[2], ARGV[12]) > n + {_TRIM_SLACK} then
+    redis.call('LTRIM', KEYS[2], -n, -1)
+  end
 end
 redis.call('PEXPIRE', KEYS[2], ms)
 for i = 14, #ARGV, 2 do redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1]) end
@@ -257,6 +279,7 @@ for _, sid in ipairs(ids) do
   local f = redis.call('HMGET', key, 'u', 'e')
   if f[2] and tonumber(f[2]) > tonumber(ARGV[2]) then
     redis.call('ZADD', KEYS[1], f[2], sid)  -- the index lagged the record: repair it
+    redis.call('HSET', key, 'xi', f[2])
   else
     if f[1] then redis.call('ZREM', ARGV[1] .. 'u:' .. f[1], sid) end
     redis.call('DEL', key, ARGV[1] .. 'e:' .. sid)
@@ -782,7 +805,8 @@ class RedisSessionStore(SessionStore):
         out: list[SessionRecord] = []
         try:
             if user_id is None:
-                ids = self._client.zrangebyscore(self._x, f"({_text(now)}", "+inf")
+                # the index may lag a record by up to _INDEX_LAG seconds: look that far back
+                ids = self._client.zrangebyscore(self._x, f"({_text(now - _INDEX_LAG)}", "+inf")
                 for sid, h in zip(ids, self._fetch(ids), strict=True):
                     if h and float(h["e"]) > now:
                         out.append(_record(sid, h))
