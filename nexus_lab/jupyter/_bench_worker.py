@@ -74,69 +74,86 @@ class _Out:
             data = data[n:]
 
 
-class _HTTPConnection(asyncio.Protocol):
-    """One HTTP/1.1 keep-alive connection: write a request, wait for its whole answer.
+class _Connection(asyncio.Protocol):
+    """One keep-alive connection of a run: it writes a request, reads the answer (by
+    ``Content-Length``, what the platform sends), records it and writes the next request -
+    all in the protocol's callbacks: no task, future or extra loop turn per request.
 
-    Answers are read by ``Content-Length`` (what the platform sends); anything
-    else fails the request clearly.
+    ``due`` is when the answer in flight is late (``inf``: none in flight); the run's watchdog
+    closes a connection past it. ``closed`` is done once the connection is gone: its worker
+    then opens another one, if the run goes on.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, run: _Run) -> None:
+        self.run = run
         self.transport: asyncio.Transport | None = None
-        self.waiter: asyncio.Future[tuple[int, bytes]] | None = None
         self.buf = bytearray()
-        self.lost: BaseException | None = None
-        self.due = math.inf  # when the answer in flight is late (see _Run._watch)
+        self.started = 0.0
+        self.due = math.inf
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
-    def connection_lost(self, exc: BaseException | None) -> None:
-        self.lost = exc or ConnectionResetError("the server closed the connection")
-        waiter = self.waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(self.lost)
+    def send(self) -> None:
+        """Write one request (already counted by the run's ``take``)."""
+        assert self.transport is not None
+        self.started = time.perf_counter()
+        self.due = self.started + self.run.timeout
+        self.transport.write(self.run.request)
+
+    def _answered(self, etype: str | None, status: int) -> None:
+        self.due = math.inf
+        self.run.record(self.started, etype, status)
+        if self.run.take():
+            self.send()
+        else:
+            self.close()
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
         buf += data
         end = buf.find(b"\r\n\r\n")
-        if end < 0:
+        if end < 0 or self.due == math.inf:
             return
         head = bytes(buf[:end]).lower()
         at = head.find(b"\r\ncontent-length:")
-        waiter = self.waiter
-        if at < 0:
-            if waiter is not None and not waiter.done():
-                waiter.set_exception(ConnectionError("an answer without Content-Length"))
+        try:
+            if at < 0:
+                raise ValueError("an answer without Content-Length")
+            stop = head.find(b"\r\n", at + 2)
+            length = int(head[at + 17 : stop if stop > 0 else len(head)])
+            status = int(head[9:12])
+        except ValueError:  # not what the platform sends: fail the request, start afresh
+            self.due = math.inf
+            self.run.record(self.started, "connection_error", 0)
+            self.close()
             return
-        stop = head.find(b"\r\n", at + 2)
-        length = int(head[at + 17 : stop if stop > 0 else len(head)])
         total = end + 4 + length
         if len(buf) < total:
             return
-        status = int(head[9:12])
-        body = bytes(buf[end + 4 : total])
-        del buf[:total]
-        if waiter is not None and not waiter.done():
-            waiter.set_result((status, body))
+        if 200 <= status < 300:
+            del buf[:total]
+            self._answered(None, status)
+        else:
+            body = bytes(buf[end + 4 : total])
+            del buf[:total]
+            self._answered(_error_type(body, status), status)
 
-    async def request(self, data: bytes) -> tuple[int, bytes]:
-        if self.lost is not None or self.transport is None:
-            raise ConnectionResetError("the connection is closed")
-        self.waiter = asyncio.get_running_loop().create_future()
-        self.transport.write(data)
-        try:
-            return await self.waiter
-        finally:
-            self.waiter = None
+    def connection_lost(self, exc: BaseException | None) -> None:
+        if self.due != math.inf:  # an answer was due: closed by the watchdog, or reset
+            self.due = math.inf
+            timed_out = time.perf_counter() - self.started >= self.run.timeout
+            self.run.record(self.started, "timeout" if timed_out else "connection_error", 0)
+        if not self.closed.done():
+            self.closed.set_result(None)
 
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
 
 
-def _error_type(status: int, body: bytes) -> str:
+def _error_type(body: bytes, status: int) -> str:
     try:
         err = json.loads(body).get("error")
         etype = err.get("type") if isinstance(err, dict) else None
@@ -178,12 +195,14 @@ class _Run:
         self.flush_every = float(job.get("flush") or 0.1)
         self.out = out
         self.etype_ids: dict[str, int] = {}
+        self.new_etypes: list[str] = []  # named to the kernel with the next batch
         self._new_batch()
         self.issued = 0
         self.t0 = 0.0
         self.deadline = math.inf
         self.stopping = False
-        self.conns: set[_HTTPConnection] = set()  # what the watchdog looks after
+        self.conns: set[_Connection] = set()  # what the watchdog looks after
+        self.cancelled = False
 
     def _new_batch(self) -> None:
         self.starts, self.latencies = array("d"), array("d")
@@ -205,11 +224,14 @@ class _Run:
         self.flush()
         self.out.frame(b"D", _DURATION.pack(t_end - self.t0))
 
-    def stop(self) -> None:
-        self.stopping = True
+    def cancel(self) -> None:
+        """Stop now (the kernel let go): nothing more is issued or recorded."""
+        self.stopping = self.cancelled = True
 
     # -- samples -----------------------------------------------------------------------
-    def _record(self, started: float, etype: str | None, status: int) -> None:
+    def record(self, started: float, etype: str | None, status: int) -> None:
+        if self.cancelled:
+            return  # an interrupted run: nothing more goes to the kernel
         now = time.perf_counter()
         self.starts.append(started - self.t0)
         self.latencies.append((now - started) * 1000.0)
@@ -220,13 +242,18 @@ class _Run:
         eid = self.etype_ids.get(etype)
         if eid is None:  # a new type: named to the kernel before the batch that uses it
             eid = self.etype_ids[etype] = len(self.etype_ids) + 1
-            self.out.frame(b"E", etype.encode("utf-8", "replace"))
+            self.new_etypes.append(etype)
         self.etypes.append(eid)
 
     def flush(self) -> bool:
+        """Send what was recorded since the last batch (nothing is written anywhere else while
+        the load runs: a protocol callback never blocks on, or fails with, the pipe)."""
         n = len(self.etypes)
         if not n:
             return False
+        for etype in self.new_etypes:
+            self.out.frame(b"E", etype.encode("utf-8", "replace"))
+        self.new_etypes.clear()
         payload = b"".join((_COUNT.pack(n), self.starts.tobytes(), self.latencies.tobytes(),
                             self.statuses.tobytes(), self.etypes.tobytes()))
         self._new_batch()
@@ -246,17 +273,16 @@ class _Run:
     # -- the load ----------------------------------------------------------------------
     async def _watch(self) -> None:
         """Close the connections whose answer is overdue (``timeout``), checked a few times a
-        second; the worker waiting on one records a timeout and goes on."""
+        second; the request counts as a ``timeout`` and its worker goes on."""
         every = min(0.25, self.timeout / 4)
         while True:
             await asyncio.sleep(every)
             now = time.perf_counter()
             for conn in [c for c in self.conns if c.due <= now]:
                 conn.close()
-            self.conns = {c for c in self.conns if c.lost is None and c.transport is not None
-                          and not c.transport.is_closing()}
 
-    def _take(self) -> bool:
+    def take(self) -> bool:
+        """One more request, if the run goes on (count and time)."""
         if self.stopping or (self.total is not None and self.issued >= self.total):
             return False
         if time.perf_counter() >= self.deadline:
@@ -265,43 +291,30 @@ class _Run:
         return True
 
     async def _worker(self) -> None:
+        """One connection at a time: open it, let it run requests until it is gone (the run is
+        over, or it broke); open another while the run goes on."""
         loop = asyncio.get_running_loop()
-        request, timeout = self.request, self.timeout
-        conn: _HTTPConnection | None = None
-        try:
-            while self._take():
-                if conn is None or conn.lost is not None:
-                    if conn is not None:
-                        conn.close()
-                    started = time.perf_counter()
-                    try:
-                        _, conn = await loop.create_connection(_HTTPConnection, self.host, self.port)
-                    except OSError:
-                        # the server is gone: record it once per worker and stop the run
-                        self._record(started, "connection_error", 0)
-                        self.stopping = True
-                        conn = None
-                        return
-                    self.conns.add(conn)  # the run's watchdog looks after it from now on
-                started = time.perf_counter()
-                # a hung answer frees the worker: the run's watchdog closes a connection past
-                # its due time (one timer per run, not one per request: this loop is hot)
-                conn.due = started + timeout
-                try:
-                    status, body = await conn.request(request)
-                except OSError:  # reset, or closed by the watchdog
-                    timed_out = time.perf_counter() - started >= timeout
-                    self._record(started, "timeout" if timed_out else "connection_error", 0)
-                    continue
-                finally:
-                    conn.due = math.inf
-                if 200 <= status < 300:
-                    self._record(started, None, status)
-                else:
-                    self._record(started, _error_type(status, body), status)
-        finally:
-            if conn is not None:
+        while self.take():
+            started = time.perf_counter()
+            try:
+                _, conn = await asyncio.wait_for(
+                    loop.create_connection(lambda: _Connection(self), self.host, self.port),
+                    self.timeout)
+            except asyncio.TimeoutError:  # no room in the server's backlog yet: go on
+                self.record(started, "timeout", 0)
+                continue
+            except OSError:
+                # the server is gone: record it once per worker and stop the run
+                self.record(started, "connection_error", 0)
+                self.stopping = True
+                return
+            self.conns.add(conn)  # the run's watchdog looks after it from now on
+            try:
+                conn.send()  # the request just taken
+                await conn.closed
+            finally:
                 conn.close()
+                self.conns.discard(conn)
 
 
 async def _serve(out: _Out) -> None:
@@ -314,7 +327,12 @@ async def _serve(out: _Out) -> None:
     run = _Run(json.loads(job), out)
     main = asyncio.ensure_future(run.run())
     # end of stdin: stop issuing and cancel what is in flight (connections close in finally)
-    control.closed.add_done_callback(lambda _: main.cancel())
+
+    def stop(_: Any) -> None:
+        run.cancel()
+        main.cancel()
+
+    control.closed.add_done_callback(stop)
     try:
         await main
     except asyncio.CancelledError:
