@@ -57,6 +57,42 @@ def test_the_async_check_takes_from_the_same_bucket(redis_url):
     limiter.close()
 
 
+def test_a_started_check_decides_once_through_every_path(redis_factory):
+    """``astart`` (what the servers call): connecting first, then on the open connection,
+    after the server lost the script, after a restart broke the connection, and with
+    Redis down; each decision takes one token, however often it is awaited."""
+    server = redis_factory()
+    limiter = RedisTokenBucketLimiter(N, server.url, timeout=1.0)
+    client = server.client()
+
+    async def decide() -> list:
+        first = limiter.astart("erin")  # no connection yet: connects (acheck in a task)
+        again = [await first, await first]
+        on_open = limiter.astart("erin")  # the connection is open: no task
+        assert not isinstance(on_open, asyncio.Task)
+        decisions = [*again, await on_open]
+        client.script_flush()  # the server forgot the script: loaded again, then run
+        decisions.append(await limiter.astart("erin"))
+        client.client_kill_filter(_type="normal", skipme=True)  # our connection breaks
+        decisions.append(await limiter.astart("erin"))
+        return decisions
+
+    decisions = asyncio.run(decide())
+    assert all(d.allowed for d in decisions)
+    assert [d.remaining for d in decisions] == [N - 1, N - 1, N - 2, N - 3, N - 4]
+    port = server.port
+    server.kill()
+
+    async def down() -> None:
+        await limiter.astart("erin")
+
+    with pytest.raises(ServiceUnavailable) as info:
+        asyncio.run(down())
+    assert f"127.0.0.1:{port}" in str(info.value)
+    client.close()
+    limiter.close()
+
+
 def test_redis_down_is_a_503_naming_the_server_but_not_its_password(redis_factory):
     server = redis_factory(password="s3cret-pass")
     limiter = RedisTokenBucketLimiter(N, server.url, timeout=1.0)

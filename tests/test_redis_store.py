@@ -179,6 +179,32 @@ def test_a_lagging_expiry_index_still_lists_and_cleans_up_exactly(redis_server, 
         client.close()
 
 
+def test_redis_ttls_are_renewed_once_the_slide_passes_the_lag_and_always_outlive_it(
+    redis_server, redis_url
+):
+    """Keys' Redis TTLs (expires_at - now + grace) move with the index: not on a slide
+    within the lag (min(60 s, a quarter of expires_at - now, half the 60 s grace): 30 s
+    here), at once beyond it; an event list made on the way gets a TTL too."""
+    client = redis_server.client()
+    store = open_store(redis_url, max_events=5)
+    keys = ("nexus:s:a", "nexus:e:a", "nexus:u:alice")
+    try:
+        store.create(record("a", "alice", ttl=100.0), 1000.0, (1000.0, None, "create", ()))
+        assert all(150_000 < client.pttl(k) <= 160_001 for k in keys)  # 100 s + 60 s grace
+        store.update("a", lambda rec: setattr(rec, "expires_at", 1120.0), 1000.0)
+        assert all(client.pttl(k) <= 160_001 for k in keys)  # slid 20 s: not renewed
+        store.update("a", lambda rec: setattr(rec, "expires_at", 1130.0), 1000.0)
+        assert all(client.pttl(k) <= 160_001 for k in keys)  # 30 s: not yet
+        store.update("a", lambda rec: setattr(rec, "expires_at", 1135.0), 1000.0)
+        assert all(185_000 < client.pttl(k) <= 195_001 for k in keys)  # 35 s: renewed
+        client.delete("nexus:e:a")
+        store.update("a", lambda rec: None, 1000.0, (1000.0, "api", "update", ("k",)))
+        assert client.llen("nexus:e:a") == 1 and 0 < client.pttl("nexus:e:a") <= 195_001
+    finally:
+        store.close()
+        client.close()
+
+
 def test_redis_reclaims_expired_sessions_by_itself(redis_factory):
     """With the real clock, an abandoned session's keys expire in Redis without any cleanup
     (we wait for the server's own 'expired' notifications); the indexes then heal."""

@@ -705,12 +705,12 @@ class GuardMiddleware:
         if limiter is None:
             return principal, []
         key = rate_key(principal, client)
+        if scope is not None:
+            start = getattr(limiter, "astart", None)  # a shared limiter's check, started
+            if start is not None:
+                scope[RATE_PENDING_SCOPE_KEY] = start(key)
+                return principal, None
         acheck = getattr(limiter, "acheck", None)
-        if acheck is not None and scope is not None:
-            import asyncio
-
-            scope[RATE_PENDING_SCOPE_KEY] = asyncio.ensure_future(acheck(key))
-            return principal, None
         return principal, _allowed_headers(await acheck(key) if acheck is not None else limiter.check(key))
 
 

@@ -30,6 +30,7 @@ Example::
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import threading
 from typing import Any
@@ -72,6 +73,33 @@ return {allowed, tostring(tokens), tostring(wait)}
 
 
 _TAKE_SHA = hashlib.sha1(_TAKE.encode()).hexdigest()
+
+
+def _retried() -> tuple[type[BaseException], ...]:
+    """What :meth:`AsyncRedis.script` handles itself (reload the script, send once more)."""
+    from ..sessions.stores._redis_async import ConnectionLostError, NoScriptError
+
+    return (NoScriptError, ConnectionLostError)
+
+
+def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    import redis
+
+    return (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def _chain(source: asyncio.Future[Any], result: asyncio.Future[Any]) -> None:
+    """Settle ``result`` as ``source`` settled (unless ``result`` was cancelled)."""
+    if result.done():
+        if not source.cancelled():
+            source.exception()  # retrieved: nobody waits for it any more
+        return
+    if source.cancelled():
+        result.cancel()
+    elif (exc := source.exception()) is not None:
+        result.set_exception(exc)
+    else:
+        result.set_result(source.result())
 
 
 def redacted_url(url: str) -> str:
@@ -201,6 +229,43 @@ class RedisTokenBucketLimiter(RateLimiter):
             return self._decision(await self._aclient().script(self._ascript, *self._args(principal)))
         except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
             raise self._unavailable(exc) from None
+
+    def astart(self, principal: str) -> asyncio.Future[RateDecision]:
+        """:meth:`acheck`, started: the script is queued now (it leaves with whatever else
+        this loop iteration sends to Redis, e.g. the request's session read) and the returned
+        future resolves to the decision (or fails as :meth:`acheck` raises). Call it on the
+        loop; await the future, any number of times.
+
+        No task per check: the reply's future is chained to the result (a task and its
+        coroutines cost more than the rest of the check). When the connection is not open,
+        or the reply asks for what :meth:`acheck` handles (the script lost by a Redis restart,
+        a connection lost in flight), it is :meth:`acheck` in a task.
+        """
+        client = self._aclient()
+        raw = client.script_now(self._ascript, *self._args(principal))
+        if raw is None:
+            return asyncio.ensure_future(self.acheck(principal))
+        result: asyncio.Future[RateDecision] = client.loop.create_future()
+
+        def decide(raw: asyncio.Future[Any]) -> None:
+            if result.done():  # its awaiter was cancelled: the reply is dropped
+                return
+            exc = raw.exception()
+            if exc is None:
+                try:
+                    result.set_result(self._decision(raw.result()))
+                except Exception as bad:  # a reply that is not the script's
+                    result.set_exception(bad)
+            elif isinstance(exc, _retried()):
+                again = asyncio.ensure_future(self.acheck(principal))
+                again.add_done_callback(lambda t: _chain(t, result))
+            elif isinstance(exc, _unavailable_errors()):
+                result.set_exception(self._unavailable(exc))
+            else:
+                result.set_exception(exc)
+
+        raw.add_done_callback(decide)
+        return result
 
     def ping(self) -> bool:
         """True when Redis answers (for ``health_check``)."""

@@ -308,6 +308,20 @@ class AsyncRedis:
         """
         return self._send(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)), script)
 
+    def script_now(
+        self, script: LuaScript, keys: list[str], args: list[Any]
+    ) -> asyncio.Future[Any] | None:
+        """:meth:`script` without a coroutine: the ``EVALSHA`` is queued on the open
+        connection now and its raw reply future returned; ``None`` when there is no healthy
+        connection (then use :meth:`script`, which connects). The future fails with
+        ``NoScriptError`` or ``ConnectionLostError`` where :meth:`script` would load the
+        script or send once more: the caller falls back to :meth:`script` for those.
+        """
+        conn = self._conn
+        if conn is None or conn.broken is not None:
+            return None
+        return conn.send(pack_command(("EVALSHA", script.sha, len(keys), *keys, *args)))
+
     async def _send(self, packed: bytes, script: LuaScript | None) -> Any:
         conn = self._conn
         if conn is None or conn.broken is not None:

@@ -46,7 +46,10 @@ How it keeps the :class:`~nexus_lab.sessions.stores.SessionStore` contract:
   reports success without applying it twice.
 * **Expiry.** ``expires_at`` (the caller's clock) decides what is visible,
   exactly as in the other stores. The session's keys also carry a Redis TTL
-  of ``expires_at - now + expiry_grace`` seconds, renewed by every write, so
+  of ``expires_at - now + expiry_grace`` seconds, renewed by a write once
+  ``expires_at`` has slid by more than half the grace (or a minute, or a
+  quarter of the TTL) since the last renewal, so they always outlive
+  ``expires_at`` by at least half the grace, and
   Redis reclaims an abandoned session by itself even if no cleanup ever
   runs. It is set relative to ``now`` (``PEXPIRE``, not ``PEXPIREAT``) so
   that the Redis host's clock, or a test's fake clock, cannot make a live
@@ -104,8 +107,10 @@ figures and why it is not ``redis.asyncio`` are in ``_redis_async.py``):
 * **Little held while waiting.** A command is packed before its caller waits,
   and the update drops its working copies first: with 32 requests waiting on
   Redis at once, what each keeps alive is what makes the garbage collector run.
-  The guess keeps the record parsed, so a read of the version this store last
-  wrote, and the update after it, copy it instead of parsing the hash again.
+  The guess keeps the record parsed (the one ``mutate`` changed, once its write
+  is acknowledged; only copies of it are ever handed out), so a read of the
+  version this store last wrote, and the update after it, copy it instead of
+  parsing the hash again.
 * **The same algorithm.** ``update`` and ``aupdate`` drive one generator
   (``_update_steps``: guess, mutate, version-checked commit, retry) that yields
   the Redis calls it needs; the scripts, keys, arguments, tokens and TTLs are
@@ -174,12 +179,13 @@ _MARKER_MS = 60_000  # how long a delete/incr token is remembered (covers any cl
 _EXPIRE_CHUNK = 500  # sessions removed per delete_expired script: keeps each script short
 _GUESSES = 1024  # records remembered per store as update's first guess (see update)
 _GUESS_MAX_STATE = 16_384  # ... only when their state is at most this long (bounded memory)
-# An update moves a session's entry in the expiry index ({prefix}x) only when the entry lags
-# the new expires_at by more than this many seconds (or a quarter of the session's TTL):
-# the entry stays a lower bound of expires_at, delete_expired repairs an entry it finds
-# early, and list(None) reads this far back. Most updates then skip the ZADD, the costliest
-# command of the update script (17 us of its ~45 on a small index, whose listpack ZADD
-# re-parses every score).
+# An update moves a session's entry in the expiry index ({prefix}x), and renews its keys'
+# Redis TTLs, only once expires_at has slid by more than this many seconds since they last
+# moved (or a quarter of the session's TTL, or half of expiry_grace, if less; the hash's
+# 'xi' is where they last moved). The entry stays a lower bound of expires_at, at most this
+# old: delete_expired repairs an entry it finds early, and list(None) reads this far back.
+# The keys still outlive expires_at by half the grace. Most updates then run 4 commands
+# instead of 9; the ZADD alone was 17 us of the script's ~45 on a small (listpack) index.
 _INDEX_LAG = 60
 _TRIM_SLACK = 16  # an event list is trimmed back to max_events once it holds this many more
 
@@ -223,7 +229,8 @@ return 1
 """
 
 # KEYS: hash, events, expiry zset, counters, user zset
-# ARGV: token read, new token, sid, ttl_ms, a, e, t, m, ch, w, s, event, max_events, pairs...
+# ARGV: token read, new token, sid, ttl_ms, a, e, t, m, ch, w, s, event, max_events, lag,
+#       then counter name/increment pairs
 _COMMIT = f"""
 local cur = redis.call('HMGET', KEYS[1], 'v', 'xi')
 if cur[1] ~= ARGV[1] then
@@ -233,27 +240,31 @@ if cur[1] ~= ARGV[1] then
   return redis.call('HGETALL', KEYS[1])
 end
 local ms = tonumber(ARGV[4])
--- the expiry index may lag the record by a little (see _INDEX_LAG): most updates skip ZADD
-local e = tonumber(ARGV[6])
+-- The expiry index entry and the keys' Redis TTLs move only once expires_at has slid by
+-- more than ARGV[14] seconds since they last did (the hash's xi): see _INDEX_LAG.
 local xi = cur[2]
-local lag = e - (tonumber(xi) or -1)
-if lag < 0 or lag > math.min({_INDEX_LAG}, (e - tonumber(ARGV[5])) / 4) then
-  redis.call('ZADD', KEYS[3], ARGV[6], ARGV[3])
+local lag = tonumber(ARGV[6]) - (tonumber(xi) or -1)
+local move = lag < 0 or lag > tonumber(ARGV[14])
+if move then
   xi = ARGV[6]
+  redis.call('ZADD', KEYS[3], xi, ARGV[3])
+  redis.call('PEXPIRE', KEYS[1], ms)
+  redis.call('PEXPIRE', KEYS[2], ms)
+  if redis.call('PTTL', KEYS[5]) < ms then redis.call('PEXPIRE', KEYS[5], ms) end
 end
 redis.call('HSET', KEYS[1], 'a', ARGV[5], 'e', ARGV[6], 't', ARGV[7], 'm', ARGV[8],
   'ch', ARGV[9], 'w', ARGV[10], 's', ARGV[11], 'v', ARGV[2], 'xi', xi)
-redis.call('PEXPIRE', KEYS[1], ms)
-if redis.call('PTTL', KEYS[5]) < ms then redis.call('PEXPIRE', KEYS[5], ms) end
 local n = tonumber(ARGV[13])
 if ARGV[12] ~= '' and n > 0 then
   -- trimmed once it holds _TRIM_SLACK more than it keeps: events() reads the last n
-  if redis.call('RPUSH', KEYS[2], ARGV[12]) > n + {_TRIM_SLACK} then
+  local len = redis.call('RPUSH', KEYS[2], ARGV[12])
+  if len > n + {_TRIM_SLACK} then
     redis.call('LTRIM', KEYS[2], -n, -1)
+  elseif len == 1 and not move then
+    redis.call('PEXPIRE', KEYS[2], ms)  -- a list made just now: never without a TTL
   end
 end
-redis.call('PEXPIRE', KEYS[2], ms)
-for i = 14, #ARGV, 2 do redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1]) end
+for i = 15, #ARGV, 2 do redis.call('HINCRBY', KEYS[4], ARGV[i], ARGV[i + 1]) end
 return 1
 """
 
@@ -278,8 +289,8 @@ for _, sid in ipairs(ids) do
   local key = ARGV[1] .. 's:' .. sid
   local f = redis.call('HMGET', key, 'u', 'e')
   if f[2] and tonumber(f[2]) > tonumber(ARGV[2]) then
-    redis.call('ZADD', KEYS[1], f[2], sid)  -- the index lagged the record: repair it
-    redis.call('HSET', key, 'xi', f[2])
+    -- the index lagged the record: repair it (xi stays: it marks the TTLs' last renewal)
+    redis.call('ZADD', KEYS[1], f[2], sid)
   else
     if f[1] then redis.call('ZREM', ARGV[1] .. 'u:' .. f[1], sid) end
     redis.call('DEL', key, ARGV[1] .. 'e:' .. sid)
@@ -570,6 +581,11 @@ class RedisSessionStore(SessionStore):
         # relative to the caller's clock (see the module docs): remaining life plus the grace
         return max(1, int((max(0.0, expires_at - now) + self.expiry_grace) * 1000) + 1)
 
+    def _lag(self, expires_at: float, now: float) -> str:
+        # how far expires_at may slide before the index and the Redis TTLs follow: the keys
+        # then still outlive expires_at by half the grace, and the index lags by <= 60 s
+        return _text(min(_INDEX_LAG, max(0.0, expires_at - now) / 4, self.expiry_grace / 2))
+
     @staticmethod
     def _pairs(args: list[Any], incr: Mapping[str, int] | None) -> list[Any]:
         if incr:
@@ -666,7 +682,10 @@ class RedisSessionStore(SessionStore):
                 "v": _token(),
             }
             ttl_ms = self._ttl_ms(rec.expires_at, now)
-            rec = base = channels = None  # not needed any more: gone before the wait
+            lag = self._lag(rec.expires_at, now)
+            # ``rec`` is kept, parsed, for the guess of the version written: the platform's
+            # next read of this session copies it instead of parsing the hash again
+            base = channels = None  # not needed any more: gone before the wait
             # the lists are the driver's alone (not bound here), so they go once it has sent them
             reply = yield (
                 [key, p + "e:" + session_id, self._x, self._n, p + "u:" + h["u"]],
@@ -685,12 +704,13 @@ class RedisSessionStore(SessionStore):
                         new["s"],
                         _event_text(event),  # after mutate: apply_session_update sets keys
                         self.max_events,
+                        lag,
                     ],
                     incr,
                 ),
             )
             if reply == 1:
-                self._guess(session_id, {"u": h["u"], "c": h["c"], **new}, None)
+                self._guess(session_id, {"u": h["u"], "c": h["c"], **new}, rec)
                 return result
             known, fresh = [reply_hash(reply), None], True  # changed: the current record came back
         raise ServiceUnavailable(
