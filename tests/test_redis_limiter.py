@@ -93,6 +93,29 @@ def test_a_started_check_decides_once_through_every_path(redis_factory):
     limiter.close()
 
 
+def test_a_bucket_key_outlives_its_last_check_until_it_would_be_full(redis_factory):
+    """N per minute refills in 60 s: the key lives 60 s + a quarter + 1 s from its last
+    renewal, renewed only once that is over a quarter (15 s) old."""
+    server = redis_factory()
+    client = server.client()
+    limiter = RedisTokenBucketLimiter(N, server.url)
+    key = "nexus:ratelimit:frank"
+    try:
+        limiter.check("frank")
+        renewed = client.hget(key, "x")
+        assert 70_000 < client.pttl(key) <= 76_000
+        limiter.check("frank")
+        assert client.hget(key, "x") == renewed  # a second later: not renewed
+        client.hset(key, "x", repr(float(renewed) - 16))  # as if renewed 16 s ago
+        client.pexpire(key, 60_000)
+        limiter.check("frank")
+        assert client.hget(key, "x") != renewed and 70_000 < client.pttl(key) <= 76_000
+        assert N - 3 <= float(client.hget(key, "tokens")) < N - 2  # every check took a token
+    finally:
+        client.close()
+        limiter.close()
+
+
 def test_redis_down_is_a_503_naming_the_server_but_not_its_password(redis_factory):
     server = redis_factory(password="s3cret-pass")
     limiter = RedisTokenBucketLimiter(N, server.url, timeout=1.0)

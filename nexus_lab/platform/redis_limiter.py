@@ -48,7 +48,7 @@ local cap = tonumber(ARGV[1])
 local rate = tonumber(ARGV[2])
 local t = redis.call('TIME')
 local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
-local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts')
+local b = redis.call('HMGET', KEYS[1], 'tokens', 'ts', 'x')
 local tokens = tonumber(b[1])
 local ts = tonumber(b[2])
 if tokens == nil or ts == nil then
@@ -66,8 +66,17 @@ if tokens >= 1 then
 else
   wait = (1 - tokens) / rate
 end
-redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
-redis.call('PEXPIRE', KEYS[1], math.ceil((cap / rate) * 1000) + 1000)
+-- The key expires once the bucket would be full again (then it is the same as no key):
+-- life + a quarter + 1 s after x, renewed (x = now) only when x is over a quarter old, so
+-- most checks skip the PEXPIRE and the key still outlives the last check by life + 1 s.
+local life = cap / rate
+local x = tonumber(b[3])
+if x == nil or now < x or now - x > life / 4 then
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now), 'x', tostring(now))
+  redis.call('PEXPIRE', KEYS[1], math.ceil(life * 1250) + 1000)
+else
+  redis.call('HSET', KEYS[1], 'tokens', tostring(tokens), 'ts', tostring(now))
+end
 return {allowed, tostring(tokens), tostring(wait)}
 """
 
@@ -121,8 +130,9 @@ class RedisTokenBucketLimiter(RateLimiter):
     """``rate_per_minute`` requests per minute per principal, shared through Redis.
 
     Buckets hold at most ``rate_per_minute`` tokens (the burst) and refill
-    continuously; keys are ``<prefix>ratelimit:<principal>`` and expire once a
-    bucket would be full again, so idle principals cost no memory.
+    continuously; keys are ``<prefix>ratelimit:<principal>`` and expire within a
+    quarter of a refill after the bucket would be full again (an expired key and a
+    full bucket are the same), so idle principals cost no memory.
     """
 
     def __init__(
