@@ -95,56 +95,66 @@ class _Connection(asyncio.Protocol):
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
 
-    def send(self) -> None:
-        """Write one request (already counted by the run's ``take``)."""
+    def send(self, now: float) -> None:
+        """Write one request (already counted by the run's ``take``) at ``now``."""
         assert self.transport is not None
-        self.started = time.perf_counter()
-        self.due = self.started + self.run.timeout
+        self.started = now
+        self.due = now + self.run.timeout
         self.transport.write(self.run.request)
 
     def _answered(self, etype: str | None, status: int) -> None:
+        now = time.perf_counter()  # one clock read: this answer's end, the next request's start
         self.due = math.inf
-        self.run.record(self.started, etype, status)
-        if self.run.take():
-            self.send()
+        self.run.record(self.started, now, etype, status)
+        if self.run.take(now):
+            self.send(now)
         else:
             self.close()
 
     def data_received(self, data: bytes) -> None:
+        # the hot path: one whole answer in one read, parsed in place (no copy, no buffer)
         buf = self.buf
-        buf += data
-        end = buf.find(b"\r\n\r\n")
+        if buf:
+            buf += data
+            data = buf
+        end = data.find(b"\r\n\r\n")
         if end < 0 or self.due == math.inf:
+            if data is not buf:
+                buf += data
             return
-        head = bytes(buf[:end]).lower()
-        at = head.find(b"\r\ncontent-length:")
+        # the platform (uvicorn) sends lower-case names; any other case is read too
+        at = data.find(b"\r\ncontent-length:", 0, end)
+        if at < 0:
+            at = bytes(data[:end]).lower().find(b"\r\ncontent-length:")
         try:
             if at < 0:
                 raise ValueError("an answer without Content-Length")
-            stop = head.find(b"\r\n", at + 2)
-            length = int(head[at + 17 : stop if stop > 0 else len(head)])
-            status = int(head[9:12])
+            stop = data.find(b"\r\n", at + 2, end)
+            length = int(data[at + 17 : stop if stop > 0 else end])
+            status = int(data[9:12])
         except ValueError:  # not what the platform sends: fail the request, start afresh
             self.due = math.inf
-            self.run.record(self.started, "connection_error", 0)
+            self.run.record(self.started, time.perf_counter(), "connection_error", 0)
             self.close()
             return
         total = end + 4 + length
-        if len(buf) < total:
+        if len(data) < total:
+            if data is not buf:
+                buf += data
             return
-        if 200 <= status < 300:
+        etype = None if 200 <= status < 300 else _error_type(bytes(data[end + 4 : total]), status)
+        if data is buf:
             del buf[:total]
-            self._answered(None, status)
-        else:
-            body = bytes(buf[end + 4 : total])
-            del buf[:total]
-            self._answered(_error_type(body, status), status)
+        elif len(data) > total:
+            buf += data[total:]
+        self._answered(etype, status)
 
     def connection_lost(self, exc: BaseException | None) -> None:
         if self.due != math.inf:  # an answer was due: closed by the watchdog, or reset
             self.due = math.inf
-            timed_out = time.perf_counter() - self.started >= self.run.timeout
-            self.run.record(self.started, "timeout" if timed_out else "connection_error", 0)
+            now = time.perf_counter()
+            timed_out = now - self.started >= self.run.timeout
+            self.run.record(self.started, now, "timeout" if timed_out else "connection_error", 0)
         if not self.closed.done():
             self.closed.set_result(None)
 
@@ -229,10 +239,10 @@ class _Run:
         self.stopping = self.cancelled = True
 
     # -- samples -----------------------------------------------------------------------
-    def record(self, started: float, etype: str | None, status: int) -> None:
+    def record(self, started: float, now: float, etype: str | None, status: int) -> None:
+        """One request, from ``started`` to ``now`` (``time.perf_counter()``)."""
         if self.cancelled:
             return  # an interrupted run: nothing more goes to the kernel
-        now = time.perf_counter()
         self.starts.append(started - self.t0)
         self.latencies.append((now - started) * 1000.0)
         self.statuses.append(status)
@@ -281,11 +291,11 @@ class _Run:
             for conn in [c for c in self.conns if c.due <= now]:
                 conn.close()
 
-    def take(self) -> bool:
-        """One more request, if the run goes on (count and time)."""
+    def take(self, now: float) -> bool:
+        """One more request at ``now``, if the run goes on (count and time)."""
         if self.stopping or (self.total is not None and self.issued >= self.total):
             return False
-        if time.perf_counter() >= self.deadline:
+        if now >= self.deadline:
             return False
         self.issued += 1
         return True
@@ -294,23 +304,23 @@ class _Run:
         """One connection at a time: open it, let it run requests until it is gone (the run is
         over, or it broke); open another while the run goes on."""
         loop = asyncio.get_running_loop()
-        while self.take():
+        while self.take(time.perf_counter()):
             started = time.perf_counter()
             try:
                 _, conn = await asyncio.wait_for(
                     loop.create_connection(lambda: _Connection(self), self.host, self.port),
                     self.timeout)
             except asyncio.TimeoutError:  # no room in the server's backlog yet: go on
-                self.record(started, "timeout", 0)
+                self.record(started, time.perf_counter(), "timeout", 0)
                 continue
             except OSError:
                 # the server is gone: record it once per worker and stop the run
-                self.record(started, "connection_error", 0)
+                self.record(started, time.perf_counter(), "connection_error", 0)
                 self.stopping = True
                 return
             self.conns.add(conn)  # the run's watchdog looks after it from now on
             try:
-                conn.send()  # the request just taken
+                conn.send(time.perf_counter())  # the request just taken
                 await conn.closed
             finally:
                 conn.close()
