@@ -1301,6 +1301,65 @@ def test_run_bench_reports_a_failing_load_process():
     assert _reaped(child.proc) and child.proc.returncode == 1
 
 
+def test_run_bench_load_process_reads_answers_however_they_come():
+    """The child's reader on a raw server: an answer split across writes with upper-case
+    names, an error answer (its type read from the body), one without Content-Length (a failed
+    request: the connection is dropped and a new one opened), then a plain one."""
+    import socket
+
+    from nexus_lab.jupyter.bench import _Child, _Samples
+
+    request = b"POST /x HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\n{}"
+    error = json.dumps({"error": {"type": "overloaded", "message": "try later"}}).encode()
+    answers = [
+        [b"HTTP/1.1 200 OK\r\nCONTENT-LEN", b"GTH: 2\r\n\r\n{", b"}"],
+        [b"HTTP/1.1 503 Service Unavailable\r\ncontent-length: %d\r\n\r\n%s" % (len(error), error)],
+        [b"HTTP/1.1 200 OK\r\n\r\n"],
+        [b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}"],
+    ]
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(DEADLINE)
+    connections: list[int] = []
+
+    def serve() -> None:
+        pending = list(answers)
+        with listener:
+            while pending:
+                conn, _ = listener.accept()
+                conn.settimeout(DEADLINE)
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connections.append(1)
+                with conn:
+                    while pending:
+                        got = b""
+                        while len(got) < len(request):
+                            chunk = conn.recv(len(request) - len(got))
+                            if not chunk:
+                                break
+                            got += chunk
+                        if not got:
+                            break  # the client closed this connection: accept the next
+                        for piece in pending.pop(0):
+                            conn.sendall(piece)
+
+    server = threading.Thread(target=serve, name="test-raw-server")
+    server.start()
+    job = {"host": "127.0.0.1", "port": listener.getsockname()[1], "request": request.decode("latin-1"),
+           "concurrency": 1, "requests": 4, "duration": None, "timeout": DEADLINE, "flush": 0.05}
+    samples = _Samples()
+    child = _Child()
+    try:
+        duration = child.run(job, samples, None, 0.25, 4, None)
+    finally:
+        child.close()
+        server.join(DEADLINE)
+    result = samples.result(duration, name="raw", channel="api", concurrency=1, engine="http")
+    assert result.statuses == [200, 503, None, 200]
+    assert result.error_types == [None, "overloaded", "connection_error", None]
+    assert result.error_counts == {"connection_error": 1, "overloaded": 1}
+    assert len(connections) == 2 and not server.is_alive()
+
+
 def test_run_bench_streams_samples_while_it_runs():
     """The progress view fills in from the child's batches during the run, not at its end:
     the load's 6th call blocks until a progress snapshot has shown the first 5."""
