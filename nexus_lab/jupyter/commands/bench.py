@@ -1,7 +1,8 @@
 """``%nexus bench``: a bounded load on a served deployment, with a live progress bar and chart.
 
 Thin over :func:`nexus_lab.jupyter.bench.run_bench` (which refuses servers
-that are not on loopback, and leaves no thread or connection behind).
+that are not on loopback, runs the api/cli load in a process of its own, and
+leaves no process, thread or connection behind).
 
 Example::
 
