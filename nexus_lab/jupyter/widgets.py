@@ -994,9 +994,9 @@ class BenchProgress(widgets.VBox):
     waits for the bench (the kernel's), so it needs no refresh thread; ``close()`` removes it.
 
     The live chart is a light SVG (:func:`~nexus_lab.jupyter.charts.svg_latency`, a few
-    milliseconds a frame): the load runs in this process, and a matplotlib frame (tens of
-    milliseconds holding the GIL) would show up in the very latencies being measured. The
-    result's ``chart`` is the full matplotlib one.
+    milliseconds a frame): the server being loaded usually runs in this kernel, and a
+    matplotlib frame (tens of milliseconds holding the GIL) would show up in the very
+    latencies being measured. The result's ``chart`` is the full matplotlib one.
 
     Example::
 
