@@ -260,6 +260,9 @@ class RedisTokenBucketLimiter(RateLimiter):
         def decide(raw: asyncio.Future[Any]) -> None:
             if result.done():  # its awaiter was cancelled: the reply is dropped
                 return
+            if raw.cancelled():  # (the client never cancels one; a loop torn down might)
+                result.cancel()
+                return
             exc = raw.exception()
             if exc is None:
                 try:
