@@ -175,6 +175,34 @@ def test_list_and_call_over_http(app):
         run(main(url))
 
 
+def test_wrong_json_types_are_refused_alike_on_mcp_and_the_api(app):
+    """The tool publishes the inputSchema /openapi.json does, and both channels hold callers
+    to it: a "5" or a true for an integer is a tool error naming the field, as it is a 422
+    on the API, not a value pydantic's lax mode converts."""
+    deploy_multi_channel(add, app, "add")
+    cases = [{"a": "5"}, {"a": True}, {"a": 1, "b": "2"}, {"a": 1.5}, {"a": [1]}]
+
+    async def main(url):
+        async with connect(url) as client:
+            for inputs in cases:
+                r = await client.call_tool("add", inputs)
+                assert r.is_error, inputs
+                mcp_error = json.loads(text_of(r))["error"]
+                api = httpx.post(
+                    f"{app.api_url}/api/workflows/add/execute", json={"inputs": inputs}, timeout=30
+                )
+                assert api.status_code == 422, (inputs, api.text)
+                api_error = api.json()["error"]
+                assert mcp_error["type"] == api_error["type"] == "validation_error", inputs
+                assert mcp_error["message"] == api_error["message"], inputs
+                assert mcp_error["field"] == api_error["field"], inputs
+            r = await client.call_tool("add", {"a": 40})  # the right type still passes
+            assert not r.is_error and r.structured_content["outputs"] == {"sum": 42}
+
+    with serving(app) as url:
+        run(main(url))
+
+
 def test_async_function_deployment(app):
     deploy_as_mcp(shout, app, "shout")
 

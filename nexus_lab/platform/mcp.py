@@ -110,6 +110,7 @@ from .guard import (
     too_deep,
     unencodable_path,
 )
+from .openapi import check_input_types
 from .security import HTTPPolicy
 
 if TYPE_CHECKING:
@@ -249,6 +250,9 @@ class NexusMCPServer(MCPServer):
                 ))
             session_id = session_id or None
         try:
+            # the JSON types the tool's inputSchema publishes, as the API checks them: a "5"
+            # for an integer is refused here too, not converted by pydantic's lax mode
+            check_input_types(dep, args)
             execution = await self.nexus.aexecute(
                 name,
                 args,
