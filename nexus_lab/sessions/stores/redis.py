@@ -47,8 +47,8 @@ How it keeps the :class:`~nexus_lab.sessions.stores.SessionStore` contract:
 * **Expiry.** ``expires_at`` (the caller's clock) decides what is visible,
   exactly as in the other stores. The session's keys also carry a Redis TTL
   of ``expires_at - now + expiry_grace`` seconds, renewed by a write once
-  ``expires_at`` has slid by more than half the grace (or a minute, or a
-  quarter of the TTL) since the last renewal, so they always outlive
+  ``expires_at`` has slid, since the last renewal, by more than the least of
+  half the grace, a minute and a quarter of the TTL, so they always outlive
   ``expires_at`` by at least half the grace, and
   Redis reclaims an abandoned session by itself even if no cleanup ever
   runs. It is set relative to ``now`` (``PEXPIRE``, not ``PEXPIREAT``) so
@@ -185,7 +185,7 @@ _GUESS_MAX_STATE = 16_384  # ... only when their state is at most this long (bou
 # 'xi' is where they last moved). The entry stays a lower bound of expires_at, at most this
 # old: delete_expired repairs an entry it finds early, and list(None) reads this far back.
 # The keys still outlive expires_at by half the grace. Most updates then run 4 commands
-# instead of 9; the ZADD alone was 17 us of the script's ~45 on a small (listpack) index.
+# instead of 10; the ZADD alone was 17 us of the script's ~45 on a small (listpack) index.
 _INDEX_LAG = 60
 _TRIM_SLACK = 16  # an event list is trimmed back to max_events once it holds this many more
 
