@@ -41,11 +41,8 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
-import shutil
-import socket
 import sqlite3
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -59,6 +56,9 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+from _procs import ProcessError, RedisProcess, find_binary  # noqa: E402  (tests/_procs.py)
 
 from nexus_lab.sessions import NexusSessionManager, SQLiteSessionStore  # noqa: E402
 from nexus_lab.sessions.models import _orjson  # noqa: E402
@@ -417,41 +417,19 @@ REDIS_PERSISTENCE = {
 }
 
 
-class RedisProcess:
-    """A redis-server on a free loopback port, as the test fixture starts one: ready when
-    its log says so (no sleep), its log drained by a thread so the pipe never fills."""
-
-    def __init__(self, directory: Path, persistence: str) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("no redis-server binary on PATH")
-        if importlib.util.find_spec("redis") is None:
-            raise RuntimeError("redis-py is not installed (pip install 'nexus-lab[redis]')")
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        cmd = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-            "--dir", str(directory), "--logfile", "", *REDIS_PERSISTENCE[persistence],
-        ]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-        assert self.proc.stdout is not None
-        lines = []
-        for line in self.proc.stdout:  # blocks until a log line or the server's exit
-            lines.append(line)
-            if "Ready to accept connections" in line:
-                break
-        else:
-            self.proc.wait()
-            raise RuntimeError("redis-server did not start: " + "".join(lines[-3:]))
-        out = self.proc.stdout
-        threading.Thread(target=lambda: [None for _ in out], daemon=True).start()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.persistence = persistence
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
+def start_redis(persistence: str) -> RedisProcess:
+    """A redis-server on a free loopback port (``tests/_procs.py``, as the tests start one)."""
+    if importlib.util.find_spec("redis") is None:
+        raise RuntimeError("redis-py is not installed (pip install 'nexus-lab[redis]')")
+    binary = find_binary("redis-server")
+    if binary is None:
+        raise RuntimeError("no redis-server binary on PATH")
+    server = RedisProcess(binary=binary, appendonly=False, args=REDIS_PERSISTENCE[persistence])
+    try:
+        return server.start()
+    except ProcessError as exc:
+        server.close()
+        raise RuntimeError(str(exc).splitlines()[0]) from None
 
 
 # ---------------------------------------------------------------- stores side by side
@@ -602,10 +580,10 @@ def main(argv: list[str] | None = None) -> int:
         server: RedisProcess | None = None
         if not args.no_redis:
             try:
-                server = RedisProcess(tmp, args.redis_persistence)
+                server = start_redis(args.redis_persistence)
                 print(
                     f"\nRedis: redis-server on 127.0.0.1:{server.port}, persistence "
-                    f"{' '.join(REDIS_PERSISTENCE[server.persistence])}"
+                    f"{' '.join(REDIS_PERSISTENCE[args.redis_persistence])}"
                 )
             except RuntimeError as exc:
                 print(f"\nRedis column left out: {exc}")
@@ -626,7 +604,7 @@ def main(argv: list[str] | None = None) -> int:
                 redis_concurrency(server.url, args.sqlite_rounds, args.sqlite_total, threads)
         finally:
             if server is not None:
-                server.stop()
+                server.close()
     return 0
 
 

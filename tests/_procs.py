@@ -319,7 +319,9 @@ class RedisProcess(ChildProcess):
 
     ``appendonly``: the AOF (``appendfsync`` ``everysec`` by default, ``always``
     to lose no acknowledged write on a crash); ``save``: RDB snapshot points
-    (``""`` for none, Redis' defaults with ``"3600 1 300 100 60 10000"``).
+    (``""`` for none, Redis' defaults with ``"3600 1 300 100 60 10000"``);
+    ``args``: more server options (later ones win, so they may override these);
+    ``password``: ``requirepass``, also put in :attr:`url`.
     ``stop()`` is a clean shutdown (the AOF is flushed and fsynced, an RDB is
     written when save points are set), ``kill()`` is a crash, and ``start()``
     again serves the same port and dir with the data kept.
@@ -335,7 +337,8 @@ class RedisProcess(ChildProcess):
     name = "redis-server"
 
     def __init__(self, *, appendonly: bool = True, appendfsync: str = "everysec", save: str = "",
-                 binary: str | None = None) -> None:
+                 binary: str | None = None, args: Sequence[str] = (),
+                 password: str | None = None) -> None:
         super().__init__()
         self.binary = binary or find_binary("redis-server")
         if self.binary is None:
@@ -343,13 +346,24 @@ class RedisProcess(ChildProcess):
         self.appendonly = appendonly
         self.appendfsync = appendfsync
         self.save = save
+        self.args = list(args)
+        self.password = password
         self.dir = Path(tempfile.mkdtemp(prefix="nexus-redis-"))
         self.port = free_port()
         self.starts = 0
 
     @property
     def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
+        auth = f":{self.password}@" if self.password else ""
+        return f"redis://{auth}127.0.0.1:{self.port}/0"
+
+    def client(self, **kwargs: Any) -> Any:
+        """A redis-py client of this server (``decode_responses`` on by default)."""
+        import redis
+
+        kwargs.setdefault("decode_responses", True)
+        kwargs.setdefault("socket_timeout", 10)
+        return redis.Redis.from_url(self.url, **kwargs)
 
     def argv(self) -> list[str]:
         return [
@@ -357,33 +371,60 @@ class RedisProcess(ChildProcess):
             "--daemonize", "no", "--logfile", "", "--loglevel", "notice",
             "--appendonly", "yes" if self.appendonly else "no", "--appendfsync", self.appendfsync,
             "--save", self.save, "--dbfilename", "dump.rdb",
+            *(["--requirepass", self.password] if self.password else []),
+            *self.args,
         ]
 
     def start(self, timeout: float = 30.0) -> RedisProcess:
+        """Start (again: on the same port, with the same data dir); returns once it answers."""
         if self.alive:
             raise ProcessError(f"redis-server is already running on port {self.port}")
-        self._spawn(self.argv())
-        self.starts += 1
         deadline = time.monotonic() + timeout
-        # printed once the data (AOF or RDB) is loaded and the port listens
-        self._wait_line(self.out, r"Ready to accept connections", deadline)
+        for _ in range(10):
+            self._spawn(self.argv())
+            try:
+                # printed once the data (AOF or RDB) is loaded and the port listens
+                self._wait_line(self.out, r"Ready to accept connections", deadline)
+                break
+            except ProcessError:
+                taken = "Address already in use" in self.output()
+                self.close_process()
+                if not taken or self.starts:  # a restart keeps its port: no other try
+                    raise
+                self.port = free_port()  # taken between choosing it and starting: another
+        else:
+            raise ProcessError("redis-server found no free port in 10 tries")
+        self.starts += 1
         if not self.ping():
             raise self._fail("said it was ready but does not answer PING")
         return self
 
+    def close_process(self) -> None:
+        """Reap a server that failed to start (its data dir stays)."""
+        if self.proc is not None:
+            super().close()
+
+    def _command(self, command: bytes, timeout: float) -> socket.socket:
+        s = socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        if self.password:
+            s.sendall(b"AUTH %s\r\n" % self.password.encode())
+            if not s.recv(64).startswith(b"+OK"):
+                s.close()
+                raise ProcessError("redis-server refused the password")
+        s.sendall(command)
+        return s
+
     def ping(self, timeout: float = 2.0) -> bool:
         """True when the server answers ``PING`` with ``+PONG`` now."""
         try:
-            with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-                s.sendall(b"PING\r\n")
+            with self._command(b"PING\r\n", timeout) as s:
                 return s.recv(64).startswith(b"+PONG")
-        except OSError:
+        except (OSError, ProcessError):
             return False
 
     def info(self, section: str = "persistence", timeout: float = 5.0) -> dict[str, str]:
         """``INFO section`` as ``{field: value}`` (e.g. ``aof_buffer_length``)."""
-        with socket.create_connection(("127.0.0.1", self.port), timeout=timeout) as s:
-            s.sendall(f"INFO {section}\r\n".encode())
+        with self._command(f"INFO {section}\r\n".encode(), timeout) as s:
             data = b""
             while b"\r\n" not in data:
                 data += s.recv(65536) or b"\r\n"

@@ -10,11 +10,12 @@
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import _procs  # tests/_procs.py: the real processes the suites start
 import pytest
+from _procs import RedisProcess
 
 
 @pytest.fixture
@@ -57,12 +58,8 @@ def serve() -> Iterator[Callable[..., Any]]:
 
 @pytest.fixture
 def free_port() -> Callable[[], int]:
-    def pick() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return s.getsockname()[1]
-
-    return pick
+    """A function returning a loopback port the OS says is free now (``_procs.free_port``)."""
+    return _procs.free_port
 
 
 # ----------------------------------------------------------------------------- Redis
@@ -70,7 +67,8 @@ def free_port() -> Callable[[], int]:
 # ``redis_server`` (session scope): one real redis-server on a free loopback port, started
 # once and shut down at the end. ``redis_url`` (per test): its URL, the database flushed
 # first. ``redis_factory`` (per test): starts further servers a test may stop, kill, hang
-# and restart (persistence and outage tests), stopped at teardown. Without a redis-server
+# and restart (persistence and outage tests), stopped at teardown. All are
+# ``_procs.RedisProcess``, the helper the scale-out tests and benchmarks use too. Without a redis-server
 # binary (or redis-py) these skip, unless NEXUS_REQUIRE_REDIS=1 (CI) makes that a failure.
 
 
@@ -94,143 +92,15 @@ def _require_redis() -> str:
     return binary
 
 
-class RedisServer:
-    """A redis-server process on 127.0.0.1 that a test can stop, kill, pause and restart.
-
-    Readiness is a condition, not a sleep: the server logs to stdout and ``start`` reads
-    its lines until "Ready to accept connections" (or until it exits, e.g. port taken),
-    then confirms with a PING. A thread then drains the log, so the pipe never fills.
-    """
-
-    def __init__(self, binary: str, directory: Any, *args: str, password: str | None = None):
-        self.binary = binary
-        self.directory = directory
-        self.args = list(args)
-        self.password = password
-        self.port: int | None = None
-        self.proc: Any = None
-        self.log: list[str] = []
-
-    @property
-    def url(self) -> str:
-        auth = f":{self.password}@" if self.password else ""
-        return f"redis://{auth}127.0.0.1:{self.port}/0"
-
-    def client(self, **kwargs: Any) -> Any:
-        import redis
-
-        kwargs.setdefault("decode_responses", True)
-        kwargs.setdefault("socket_timeout", 10)
-        return redis.Redis.from_url(self.url, **kwargs)
-
-    def _launch(self, port: int) -> bool:
-        import subprocess
-        import threading
-
-        cmd = [
-            self.binary,
-            "--port", str(port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", str(self.directory),
-            "--logfile", "",
-            "--daemonize", "no",
-            *self.args,  # later options win: a test may turn persistence on
-        ]
-        if self.password:
-            cmd += ["--requirepass", self.password]
-        proc = subprocess.Popen(
-            cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
-        )
-        lines: list[str] = []
-        assert proc.stdout is not None
-        for line in proc.stdout:  # blocks until the server writes a line or exits
-            lines.append(line)
-            if "Ready to accept connections" in line:
-                break
-        else:  # stdout closed: the server exited
-            proc.wait()
-            self.log.extend(lines)
-            if any("Address already in use" in line for line in lines):
-                return False
-            raise RuntimeError("redis-server did not start:\n" + "".join(lines))
-        self.proc, self.port = proc, port
-        self.log.extend(lines)
-        stdout = proc.stdout
-
-        def drain() -> None:
-            for line in stdout:
-                self.log.append(line)
-
-        threading.Thread(target=drain, name=f"redis-log-{port}", daemon=True).start()
-        client = self.client()
-        try:
-            assert client.ping() is True
-        finally:
-            client.close()
-        return True
-
-    def start(self, port: int | None = None) -> RedisServer:
-        """Start on ``port`` (the last one by default, e.g. for a restart) or a free one."""
-        port = port or self.port
-        for _ in range(10):
-            candidate = port or _free_loopback_port()
-            if self._launch(candidate):
-                return self
-            if port:  # a fixed port that someone else took meanwhile
-                raise RuntimeError(f"port {port} is taken:\n" + "".join(self.log[-5:]))
-        raise RuntimeError("no free port for redis-server after 10 tries")
-
-    def stop(self) -> None:
-        """Graceful shutdown (SIGTERM: an AOF is flushed and fsynced)."""
-        import subprocess
-
-        proc, self.proc = self.proc, None
-        if proc is None:
-            return
-        if proc.poll() is None:
-            proc.terminate()
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:  # pragma: no cover - a wedged server
-                proc.kill()
-                proc.wait()
-
-    def kill(self) -> None:
-        """A crash: SIGKILL, nothing flushed."""
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.kill()
-            proc.wait()
-
-    def pause(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGSTOP)
-
-    def resume(self) -> None:
-        import signal
-
-        self.proc.send_signal(signal.SIGCONT)
-
-
-def _free_loopback_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="session")
-def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    binary = _require_redis()
-    server = RedisServer(binary, tmp_path_factory.mktemp("redis")).start()
+def redis_server() -> Iterator[RedisProcess]:
+    server = RedisProcess(binary=_require_redis(), appendonly=False).start()
     yield server
-    server.stop()
+    server.close()
 
 
 @pytest.fixture
-def redis_url(redis_server: RedisServer) -> str:
+def redis_url(redis_server: RedisProcess) -> str:
     """The shared server's URL, its data flushed before the test."""
     client = redis_server.client()
     try:
@@ -241,18 +111,17 @@ def redis_url(redis_server: RedisServer) -> str:
 
 
 @pytest.fixture
-def redis_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., RedisServer]]:
-    """``redis_factory(*server_args, password=None)`` -> a started RedisServer of this test."""
+def redis_factory() -> Iterator[Callable[..., RedisProcess]]:
+    """``redis_factory(*server_args, password=None)`` -> a started RedisProcess of this test
+    (no persistence unless ``server_args`` turn it on), closed at teardown."""
     binary = _require_redis()
-    servers: list[RedisServer] = []
+    servers: list[RedisProcess] = []
 
-    def start(*args: str, password: str | None = None) -> RedisServer:
-        server = RedisServer(binary, tmp_path_factory.mktemp("redis-own"), *args, password=password)
+    def start(*args: str, password: str | None = None) -> RedisProcess:
+        server = RedisProcess(binary=binary, appendonly=False, args=args, password=password)
         servers.append(server)
         return server.start()
 
     yield start
     for server in servers:
-        if server.proc is not None and server.proc.poll() is None:
-            server.resume()  # a paused server cannot handle SIGTERM
-        server.stop()
+        server.close()  # resumes a paused one first

@@ -651,7 +651,7 @@ def test_the_limiter_on_the_loop_fails_closed_fast_and_recovers(redis_factory):
             assert "s3cret-pass" not in str(info.value) and f"127.0.0.1:{port}" in str(info.value)
 
         _run(down())
-        server.start(port)
+        server.start()  # the same port, kept by the process object
 
         async def back() -> bool:
             deadline = time.monotonic() + 5

@@ -129,7 +129,7 @@ def test_redis_down_is_a_503_naming_the_server_but_not_its_password(redis_factor
     assert f"127.0.0.1:{port}" in str(info.value)
     assert info.value.headers.get("Retry-After") == "1"
     assert not limiter.ping()
-    server.start(port)  # back on the same port: the next check works, no restart of ours
+    server.start()  # back on the same port: the next check works, no restart of ours
     deadline = time.monotonic() + 5
     while not limiter.ping() and time.monotonic() < deadline:
         time.sleep(0.05)
