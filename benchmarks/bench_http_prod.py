@@ -222,13 +222,14 @@ def main(argv: list[str] | None = None) -> int:
             app.close()
             manager.close()
 
-    print("\nmedian over rounds:")
+    print("\nmedian over rounds (the ratio: the median of the per-round ratios, their range beside):")
     print(f"  bare    {statistics.median(results['bare']):9.0f} req/s")
     for kind, target in TARGETS.items():
         ratio = statistics.median(ratios[kind])
         verdict = "met" if ratio >= target else "MISSED"
+        spread = f"rounds {min(ratios[kind]):.2f}-{max(ratios[kind]):.2f}"
         print(f"  {kind:7} {statistics.median(results[kind]):9.0f} req/s  {ratio:.2f}x bare "
-              f"(target >= {target}x: {verdict})")
+              f"({spread}; target >= {target}x: {verdict})")
     return 0
 
 
