@@ -92,6 +92,7 @@ def _retried() -> tuple[type[BaseException], ...]:
 
 
 def _unavailable_errors() -> tuple[type[BaseException], ...]:
+    """What means "Redis cannot be reached now" (a 503), for every check path."""
     import redis
 
     return (redis.ConnectionError, redis.TimeoutError, OSError)
@@ -223,21 +224,17 @@ class RedisTokenBucketLimiter(RateLimiter):
 
     def check(self, principal: str) -> RateDecision:
         """Take one token for ``principal`` (sync; blocks on Redis for one round trip)."""
-        import redis
-
         keys, args = self._args(principal)
         try:
             return self._decision(self._script()(keys=keys, args=args))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except _unavailable_errors() as exc:  # evaluated only when something was raised
             raise self._unavailable(exc) from None
 
     async def acheck(self, principal: str) -> RateDecision:
         """Take one token for ``principal`` on the running event loop (what the servers call)."""
-        import redis
-
         try:
             return self._decision(await self._aclient().script(self._ascript, *self._args(principal)))
-        except (redis.ConnectionError, redis.TimeoutError, OSError) as exc:
+        except _unavailable_errors() as exc:
             raise self._unavailable(exc) from None
 
     def astart(self, principal: str) -> asyncio.Future[RateDecision]:
