@@ -138,6 +138,12 @@ _EVENTS = (
 _LONG_DIGITS = "*" + "[0-9]" * 19 + "*"
 
 
+def _log_row(session_id: str, event: EventFields) -> tuple[Any, ...]:
+    """``_LOG``'s parameters for one event (its keys as JSON)."""
+    ts, channel, action, keys = event
+    return (session_id, ts, channel, action, encode_json(keys))
+
+
 def _record(row: tuple) -> SessionRecord:
     return SessionRecord(
         row[0],
@@ -812,8 +818,7 @@ class SQLiteSessionStore(SessionStore):
     def _log(
         self, conn: sqlite3.Connection, session_id: str, event: EventFields, seq: int
     ) -> None:
-        ts, channel, action, keys = event
-        conn.execute(_LOG, (session_id, ts, channel, action, encode_json(keys)))
+        conn.execute(_LOG, _log_row(session_id, event))
         if seq % _TRIM_EVERY == 0:
             self._trim(conn, session_id)
 
@@ -948,8 +953,7 @@ class SQLiteSessionStore(SessionStore):
                 session_id,
             )
             if event is not None:  # written by the batch, with the other updates' events
-                ts, channel, action, keys = event  # after mutate: apply_session_update sets keys
-                me.log = (session_id, ts, channel, action, encode_json(keys))
+                me.log = _log_row(session_id, event)  # after mutate: apply_session_update sets keys
                 if seq % _TRIM_EVERY == 0:
                     me.trim = session_id
             me.incr = incr
