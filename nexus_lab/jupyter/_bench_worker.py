@@ -56,12 +56,12 @@ import time
 from array import array
 from typing import Any
 
-__all__ = ["HEADER", "main"]
+__all__ = ["COUNT", "DURATION", "HEADER", "main"]
 
 #: Frame header: kind (1 byte), payload length (uint32), native order and sizes.
 HEADER = struct.Struct("=cI")
-_COUNT = struct.Struct("=I")
-_DURATION = struct.Struct("=d")
+COUNT = struct.Struct("=I")
+DURATION = struct.Struct("=d")
 
 
 class _Out:
@@ -239,7 +239,7 @@ class _Run:
                 task.cancel()
             await asyncio.gather(*tasks, *helpers, return_exceptions=True)
         self.flush()
-        self.out.frame(b"D", _DURATION.pack(t_end - self.t0))
+        self.out.frame(b"D", DURATION.pack(t_end - self.t0))
 
     def cancel(self) -> None:
         """Stop now (the kernel let go): nothing more is issued or recorded."""
@@ -271,7 +271,7 @@ class _Run:
         for etype in self.new_etypes:
             self.out.frame(b"E", etype.encode("utf-8", "replace"))
         self.new_etypes.clear()
-        payload = b"".join((_COUNT.pack(n), self.starts.tobytes(), self.latencies.tobytes(),
+        payload = b"".join((COUNT.pack(n), self.starts.tobytes(), self.latencies.tobytes(),
                             self.statuses.tobytes(), self.etypes.tobytes()))
         self._new_batch()
         self.out.frame(b"S", payload)

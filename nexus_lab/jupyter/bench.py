@@ -75,7 +75,6 @@ import math
 import os
 import selectors
 import signal
-import struct
 import subprocess
 import sys
 import time
@@ -86,7 +85,7 @@ from typing import Any
 from urllib.parse import quote, urlsplit
 
 from ..errors import ConfigError
-from ._bench_worker import HEADER
+from ._bench_worker import COUNT, DURATION, HEADER
 
 __all__ = ["BenchError", "BenchResult", "BenchSnapshot", "run_bench", "is_loopback", "DEFAULT_REQUESTS",
            "MAX_CONCURRENCY", "MAX_DURATION"]
@@ -345,12 +344,13 @@ class _Samples:
 
     def extend(self, batch: bytes) -> None:
         """Add an ``S`` frame of the child (see :mod:`._bench_worker`)."""
-        (n,) = struct.unpack_from("=I", batch)
-        at = 4
-        for column, size in ((self.starts, 8), (self.latencies, 8), (self.statuses, 2)):
-            column.frombytes(batch[at : at + n * size])
-            at += n * size
-        etypes = array("H", batch[at : at + n * 2])
+        (n,) = COUNT.unpack_from(batch)
+        at = COUNT.size
+        for column in (self.starts, self.latencies, self.statuses):
+            size = n * column.itemsize
+            column.frombytes(batch[at : at + size])
+            at += size
+        etypes = array("H", batch[at : at + n * self.etypes.itemsize])
         self.errors += n - etypes.count(0)
         self.etypes.extend(etypes)
 
@@ -560,7 +560,7 @@ class _Child:
             elif kind == b"G":
                 samples.t0 = time.perf_counter()
             elif kind == b"D":
-                (self.duration_s,) = struct.unpack("=d", payload)
+                (self.duration_s,) = DURATION.unpack(payload)
             elif kind == b"X":  # its traceback: the last line says, the whole is kept
                 text = payload.decode("utf-8", "replace")
                 last = (text.strip().splitlines() or ["?"])[-1]
